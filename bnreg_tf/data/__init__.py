@@ -1,0 +1,4 @@
+"""Datasets: the offline scikit-learn digits (`digits`); tfds pipelines come with the trainer."""
+from bnreg_tf.data.digits import DIGITS_SPLITS, digits_arrays, digits_dataset, digits_indices
+
+__all__ = ["DIGITS_SPLITS", "digits_arrays", "digits_dataset", "digits_indices"]

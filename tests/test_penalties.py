@@ -1,0 +1,107 @@
+"""Penalties against NumPy float64, their gradient, and the paper's closed-form identities."""
+import itertools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bnreg_tf import layers, penalties
+
+
+def rel_err(a, b):
+    return abs(float(a) - float(b)) / max(abs(float(b)), 1e-12)
+
+
+def np_mean_sq_norm(x):
+    x = x.reshape(len(x), -1).astype(np.float64)
+    return np.mean(np.sum(x**2, axis=1)) / x.shape[1]
+
+
+def np_kl(x, eps):
+    x = x.astype(np.float64)
+    axes = tuple(range(x.ndim - 1))
+    mu, var = x.mean(axis=axes), x.var(axis=axes)
+    return 0.5 * np.sum(mu**2 + var - np.log(var + eps) - 1.0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (32, 640), (5, 1, 1, 48)])
+def test_embedding_and_functional_l2_match_numpy(rng, shape):
+    x = (rng.normal(size=shape) * rng.uniform(0.1, 10)).astype(np.float32)
+    assert rel_err(penalties.embedding_l2(x), np_mean_sq_norm(x)) < 1e-5
+    assert rel_err(penalties.functional_l2(x), np_mean_sq_norm(x)) < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (4, 6, 7, 3), (2, 3, 3, 64), (8, 4, 4, 2, 3)])
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])
+def test_standardization_kl_matches_numpy(rng, shape, eps):
+    scale = rng.uniform(0.2, 3.0, size=shape[-1])
+    x = (rng.normal(size=shape) * scale + rng.normal(size=shape[-1])).astype(np.float32)
+    assert rel_err(penalties.standardization_kl(x, epsilon=eps), np_kl(x, eps)) < 1e-5
+
+
+def test_standardization_kl_is_zero_for_standard_normal_moments():
+    x = np.array([[-1.0, 1.0], [1.0, -1.0]], np.float32)  # mean 0, variance 1 per channel
+    assert abs(float(penalties.standardization_kl(x, epsilon=0.0))) < 1e-7
+
+
+@pytest.mark.parametrize("h,k,b", [(1, 1, 1), (10, 3, 4), (64, 10, 16)])
+def test_dropout_penalty_matches_numpy(rng, h, k, b):
+    kernel = rng.normal(size=(h, k)).astype(np.float32)
+    e = rng.normal(size=(b, h)).astype(np.float32)
+    expected = np.trace(
+        kernel.T.astype(np.float64) @ np.diag(np.mean(e.astype(np.float64) ** 2, 0)) @ kernel
+    )
+    assert rel_err(penalties.dropout_penalty(kernel, e), expected) < 1e-5
+
+
+def test_embedding_l2_gradient_is_2e_over_bh(rng):
+    e = tf.constant(rng.normal(size=(6, 9)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(e)
+        value = penalties.embedding_l2(e)
+    np.testing.assert_allclose(tape.gradient(value, e), 2 * e.numpy() / (6 * 9), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_penalties_reduce_in_float32(rng, dtype):
+    x = rng.normal(size=(4, 8)).astype(np.float32)
+    value = penalties.embedding_l2(tf.cast(x, dtype))
+    assert value.dtype == tf.float32
+    assert rel_err(value, np_mean_sq_norm(tf.cast(tf.cast(x, dtype), tf.float32).numpy())) < 1e-5
+
+
+def test_appendix_a_identity_bn_then_swish0(rng):
+    """Appendix A: Emb = Swish_0(gamma * BN(z) + beta) = (.)/2 gives E||Emb||^2 = 1/4 sum(g^2+b^2)."""
+    channels, eps = 12, 1e-3
+    gamma = rng.normal(size=channels).astype(np.float32)
+    beta = rng.normal(size=channels).astype(np.float32)
+    z = (rng.normal(size=(256, channels)) * rng.uniform(0.5, 4, channels) + 3).astype(np.float32)
+    bn = keras.layers.BatchNormalization(epsilon=eps)
+    bn.build(z.shape)
+    bn.gamma.assign(gamma)
+    bn.beta.assign(beta)
+    emb = layers.Swish(rho_init=0.0)(bn(z, training=True)).numpy().astype(np.float64)
+    measured = np.mean(np.sum(emb**2, axis=1))
+    closed_form = 0.25 * np.sum(gamma.astype(np.float64) ** 2 + beta.astype(np.float64) ** 2)
+    var = z.astype(np.float64).var(axis=0)
+    with_bn_epsilon = 0.25 * np.sum(gamma**2 * var / (var + eps) + beta.astype(np.float64) ** 2)
+    assert rel_err(measured, with_bn_epsilon) < 1e-5
+    assert abs(measured - closed_form) <= 0.25 * np.sum(gamma**2) * eps / var.min()
+
+
+@pytest.mark.parametrize("h,p", [(6, 0.5), (10, 0.3), (1, 0.9)])
+def test_dropout_identity_by_enumerating_every_mask(rng, h, p):
+    """E_mask ||W drop(e) - y||^2 = ||W e - y||^2 + p/(1-p) * sum_j (sum_k W_kj^2) e_j^2."""
+    k = 3
+    w = rng.normal(size=(k, h))
+    e = rng.normal(size=h)
+    y = rng.normal(size=k)
+    expected_loss = 0.0
+    for mask in itertools.product([0.0, 1.0], repeat=h):
+        mask = np.array(mask)
+        prob = np.prod(np.where(mask == 1.0, 1 - p, p))
+        expected_loss += prob * np.sum((w @ (e * mask / (1 - p)) - y) ** 2)
+    penalty = float(penalties.dropout_penalty(w.T.astype(np.float32), e[None].astype(np.float32)))
+    identity = np.sum((w @ e - y) ** 2) + p / (1 - p) * penalty
+    assert rel_err(identity, expected_loss) < 1e-5

@@ -1,0 +1,100 @@
+"""ResNet v1 for ImageNet in the Goyal et al. (2017) form: stride on the 3x3, last BN gamma 0.
+
+Post-activation blocks (He et al. 2016), projection (1x1 conv) shortcuts when the shape
+changes, a 7x7/2 stem and a 3x3/2 max pool. ResNet-50 has 25,557,032 trainable parameters with
+BN and no conv biases. In the Fixup modes the blocks follow the Fixup reference's ImageNet
+bottleneck: biases before each conv and activation, a multiplier and bias ending the branch,
+the projection shortcut taking the biased block input.
+"""
+import dataclasses
+import re
+
+import keras
+
+from bnreg_tf.heads import classifier_head
+from resnet.norm import NormPolicy, Seeds, activation_layer
+from resnet.wide_resnet import conv
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSpec:
+    bottleneck: bool
+    stage_sizes: tuple
+    widths: tuple = (64, 128, 256, 512)
+    stem_width: int = 64
+
+    @property
+    def expansion(self):
+        return 4 if self.bottleneck else 1
+
+    @property
+    def layers_per_branch(self):
+        return 3 if self.bottleneck else 2
+
+
+RESNETS = {
+    18: ResNetSpec(False, (2, 2, 2, 2)),
+    34: ResNetSpec(False, (3, 4, 6, 3)),
+    50: ResNetSpec(True, (3, 4, 6, 3)),
+    101: ResNetSpec(True, (3, 4, 23, 3)),
+    152: ResNetSpec(True, (3, 8, 36, 3)),
+}
+
+
+def parse_resnet(name):
+    """`resnet50` -> RESNETS[50]; None if `name` is not a ResNet name."""
+    match = re.fullmatch(r"resnet(\d+)", name)
+    if not match:
+        return None
+    depth = int(match.group(1))
+    if depth not in RESNETS:
+        raise ValueError(f"model {name!r}: ResNet depth must be one of {sorted(RESNETS)}")
+    return RESNETS[depth]
+
+
+def residual_block(x, filters, stride, spec, policy, activation, name):
+    """Bottleneck (1x1, 3x3 with the stride, 1x1 x4) or basic (3x3 with the stride, 3x3) block."""
+    kernels = (1, 3, 1) if spec.bottleneck else (3, 3)
+    widths = (filters, filters, filters * 4) if spec.bottleneck else (filters, filters)
+    strides = (1, stride, 1) if spec.bottleneck else (stride, 1)
+    block_input = policy.pre_conv(x, f"{name}_conv1")
+    y = block_input
+    for i, (kernel, width, step) in enumerate(zip(kernels, widths, strides), start=1):
+        last = i == len(kernels)
+        if i > 1:
+            y = policy.pre_conv(y, f"{name}_conv{i}")
+        y = conv(y, width, kernel, step, policy.conv_init(last_in_branch=last), f"{name}_conv{i}")
+        if last:
+            y = policy.branch_end(y, f"{name}_branch")
+        y = policy.site(y, f"{name}_site{i}", zero_gamma=last)
+        if not last:
+            y = activation_layer(activation, f"{name}_act{i}")(y)
+    if stride != 1 or x.shape[-1] != widths[-1]:
+        x = conv(block_input, widths[-1], 1, stride, policy.plain_conv_init(), f"{name}_shortcut")
+        x = policy.site(x, f"{name}_shortcut_site", fixup_bias=False)
+    y = keras.layers.Add(name=f"{name}_add")([x, y])
+    return activation_layer(activation, f"{name}_out")(y)
+
+
+def build_resnet_v1(spec, *, num_classes, input_shape, norm, activation, dropout,
+                    standardization_kl, embedding_l2, functional_l2, seed, name="resnet"):
+    policy = NormPolicy(norm, num_blocks=sum(spec.stage_sizes),
+                        layers_per_branch=spec.layers_per_branch, kl=standardization_kl,
+                        seeds=Seeds(seed))
+    inputs = keras.Input(input_shape, name="images")
+    x = conv(inputs, spec.stem_width, 7, 2, policy.plain_conv_init(), "stem_conv")
+    x = activation_layer(activation, "stem_act")(policy.site(x, "stem_site"))
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for stage, (blocks, filters) in enumerate(zip(spec.stage_sizes, spec.widths), start=1):
+        for block in range(blocks):
+            stride = 2 if stage > 1 and block == 0 else 1
+            x = residual_block(x, filters, stride, spec, policy, activation,
+                               f"stage{stage}_block{block}")
+    x = policy.final_site(x, "final", has_site=False)
+    embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = classifier_head(
+        embedding, num_classes, embedding_l2=embedding_l2, functional_l2=functional_l2,
+        dropout=dropout, kernel_initializer=policy.classifier_init(),
+        pre_classifier=policy.pre_classifier(), seed=seed,
+    )
+    return keras.Model(inputs, outputs, name=f"{name}_{norm}")

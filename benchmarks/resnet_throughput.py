@@ -1,0 +1,35 @@
+"""Training-step throughput: our ResNet-50 vs keras.applications.ResNet50, WRN-16-4 per mode.
+
+Issue 3's benchmark. Same input size, batch and classes for both ResNet-50s, measured in the
+same run, both with the compilation mode bnreg picks for the device (graph mode on a CPU).
+"""
+import keras
+
+import resnet
+from benchmarks.timing import conv_dense_flops, train_step_throughput
+
+
+def rows(image_size=64, batch_size=32, steps=10):
+    """Yields `(model, train GFLOP/image, images/s, GFLOP/s, ratio)` rows.
+
+    Ratios are against keras.applications.ResNet50 for ResNet-50, WRN-16-4 batchnorm for WRN.
+    Train FLOPs are 3x the analytic forward FLOPs of the conv and dense layers.
+    """
+    shape = (image_size, image_size, 3)
+    ours = resnet.build_model("resnet50", num_classes=1000, input_shape=shape, norm="batchnorm")
+    theirs = keras.applications.ResNet50(weights=None, input_shape=shape, classes=1000,
+                                         classifier_activation=None)
+    measured = []
+    for label, model in (("keras.applications.ResNet50", theirs), ("bnreg resnet50 batchnorm", ours)):
+        rate = train_step_throughput(model, batch_size, 1000, steps=steps)
+        measured.append((label, 3 * conv_dense_flops(model) / 1e9, rate))
+    reference = measured[0][2]
+    for label, flops, rate in measured:
+        yield label, flops, rate, flops * rate, rate / reference
+    wrn_reference = None
+    for norm in resnet.NORM_MODES:
+        model = resnet.build_model("wrn16_4", num_classes=10, norm=norm)
+        rate = train_step_throughput(model, batch_size, 10, steps=steps)
+        wrn_reference = wrn_reference or rate
+        flops = 3 * conv_dense_flops(model) / 1e9
+        yield f"wrn16_4 {norm} (32 px)", flops, rate, flops * rate, rate / wrn_reference

@@ -1,0 +1,73 @@
+"""Shared measurement helpers: training-step throughput, analytic FLOPs, matmul peak."""
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bnreg_tf import choose_jit_compile
+
+
+def conv_dense_flops(model):
+    """Forward multiply-add FLOPs (2 per MAC) of the Conv, DepthwiseConv and Dense layers."""
+    total = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw, channels, multiplier = layer.kernel.shape
+            out = layer.output.shape
+            total += 2 * kh * kw * channels * multiplier * out[1] * out[2]
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            out = layer.output.shape
+            total += 2 * kh * kw * cin * cout * out[1] * out[2]
+        elif isinstance(layer, keras.layers.Dense):
+            cin, cout = layer.kernel.shape
+            spatial = int(np.prod(layer.output.shape[1:-1])) if len(layer.output.shape) > 2 else 1
+            total += 2 * cin * cout * spatial
+    return total
+
+
+def matmul_peak_gflops(n=4096, repeats=5):
+    """Measured float32 matmul GFLOP/s of this machine (median of `repeats`)."""
+    a = tf.random.normal((n, n))
+    matmul = tf.function(lambda x: tf.matmul(x, x))
+    matmul(a).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).numpy()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / np.median(times) / 1e9
+
+
+def train_step_throughput(model, batch_size, num_classes, steps=10, warmup=3, seed=0):
+    """Images/s of `model.train_on_batch` (median step of `steps` after `warmup`), SGD."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch_size, *model.input_shape[1:])).astype(np.float32)
+    labels = rng.integers(0, num_classes, batch_size)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if isinstance(model.output, dict):
+        y, loss = {"logits": labels}, {"logits": loss}
+    else:
+        y = labels
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), loss=loss,
+                  jit_compile=choose_jit_compile())
+    for _ in range(warmup):
+        model.train_on_batch(x, y)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+    return batch_size / float(np.median(times))
+
+
+def machine():
+    """One line describing where the numbers were taken."""
+    import os
+
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"{len(gpus)} GPU" if gpus else "CPU only"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, "
+            f"TF {tf.__version__}, Keras {keras.__version__}, jit_compile={choose_jit_compile()}")

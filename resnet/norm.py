@@ -9,6 +9,7 @@ import keras
 
 from bnreg_tf import init
 from bnreg_tf import layers as bl
+from bnreg_tf.heads import classifier_head
 
 NORM_MODES = ("batchnorm", "fixup", "fixup_standardize", "none", "single_bn", "fixup_single_bn")
 FIXUP_MODES = ("fixup", "fixup_standardize", "fixup_single_bn")
@@ -117,9 +118,14 @@ class NormPolicy:
             return init.zero_initializer()
         return keras.initializers.GlorotUniform(self.seeds())
 
-    def pre_classifier(self):
-        """Fixup's scalar bias before the classifier (after the embedding)."""
-        return bl.ScalarBias(name="classifier_input_bias") if self.fixup else None
+    def head(self, embedding, num_classes, *, embedding_l2, functional_l2, dropout, seed):
+        """The contract head; Fixup adds a scalar bias before a zero-initialised classifier."""
+        return classifier_head(
+            embedding, num_classes, embedding_l2=embedding_l2, functional_l2=functional_l2,
+            dropout=dropout, kernel_initializer=self.classifier_init(),
+            pre_classifier=bl.ScalarBias(name="classifier_input_bias") if self.fixup else None,
+            seed=seed,
+        )
 
 
 def activation_layer(kind, name):

@@ -11,7 +11,6 @@ import re
 
 import keras
 
-from bnreg_tf.heads import classifier_head
 from resnet.norm import NormPolicy, Seeds, activation_layer
 from resnet.wide_resnet import conv
 
@@ -92,9 +91,6 @@ def build_resnet_v1(spec, *, num_classes, input_shape, norm, activation, dropout
                                f"stage{stage}_block{block}")
     x = policy.final_site(x, "final", has_site=False)
     embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = classifier_head(
-        embedding, num_classes, embedding_l2=embedding_l2, functional_l2=functional_l2,
-        dropout=dropout, kernel_initializer=policy.classifier_init(),
-        pre_classifier=policy.pre_classifier(), seed=seed,
-    )
+    outputs = policy.head(embedding, num_classes, embedding_l2=embedding_l2,
+                          functional_l2=functional_l2, dropout=dropout, seed=seed)
     return keras.Model(inputs, outputs, name=f"{name}_{norm}")

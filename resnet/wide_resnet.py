@@ -10,7 +10,6 @@ import re
 
 import keras
 
-from bnreg_tf.heads import classifier_head
 from resnet.norm import NormPolicy, Seeds, activation_layer
 
 
@@ -74,9 +73,6 @@ def build_wide_resnet(spec, *, num_classes, input_shape, norm, activation, dropo
     x = policy.final_site(x, "final", has_site=True)
     x = activation_layer(activation, "final_act")(x)
     embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = classifier_head(
-        embedding, num_classes, embedding_l2=embedding_l2, functional_l2=functional_l2,
-        dropout=dropout, kernel_initializer=policy.classifier_init(),
-        pre_classifier=policy.pre_classifier(), seed=seed,
-    )
+    outputs = policy.head(embedding, num_classes, embedding_l2=embedding_l2,
+                          functional_l2=functional_l2, dropout=dropout, seed=seed)
     return keras.Model(inputs, outputs, name=f"wrn{spec.depth}_{spec.width}_{norm}")

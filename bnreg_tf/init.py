@@ -5,6 +5,18 @@ All are `keras.initializers.VarianceScaling` instances, so they serialize with a
 import keras
 
 
+class Seeds:
+    """Distinct initializer seeds from one model seed: Keras initializers given the same int seed
+    draw the same values, so each layer needs its own. `None` stays unseeded."""
+
+    def __init__(self, seed):
+        self.seed, self.count = seed, 0
+
+    def __call__(self):
+        self.count += 1
+        return None if self.seed is None else self.seed * 100003 + self.count
+
+
 def he_normal_fan_out(seed=None):
     """He-normal with fan_out (`std = sqrt(2 / fan_out)`, untruncated): the Fixup reference's base."""
     return keras.initializers.VarianceScaling(

@@ -9,7 +9,7 @@ import string
 import keras
 
 from bnreg_tf.heads import classifier_head
-from bnreg_tf.init import he_normal_fan_out
+from bnreg_tf.init import Seeds, he_normal_fan_out
 from bnreg_tf.layers import StochasticDepth
 from efficientnet.params import HEAD_FILTERS, SCALING, STEM_FILTERS, drop_rates, round_filters, scaled_rows
 
@@ -18,11 +18,7 @@ class _Builder:
     """Holds what every layer shares: BN settings and a seed counter."""
 
     def __init__(self, bn_momentum, bn_epsilon, seed):
-        self.bn_momentum, self.bn_epsilon, self.seed, self.count = bn_momentum, bn_epsilon, seed, 0
-
-    def next_seed(self):
-        self.count += 1
-        return None if self.seed is None else self.seed * 100003 + self.count
+        self.bn_momentum, self.bn_epsilon, self.next_seed = bn_momentum, bn_epsilon, Seeds(seed)
 
     def conv(self, x, filters, kernel, name, stride=1, use_bias=False):
         return keras.layers.Conv2D(
@@ -88,8 +84,7 @@ def build_model(variant, *, num_classes, input_shape=None, dropout=None, surviva
             first = repeat == 0
             x = builder.mbconv(
                 x, row, row.in_filters if first else row.out_filters, row.stride if first else 1,
-                rates[index], f"block{number}{string.ascii_lowercase[repeat % 26]}"
-                + (str(repeat // 26) if repeat >= 26 else ""))
+                rates[index], f"block{number}{string.ascii_lowercase[repeat]}")  # <= 22 repeats
             index += 1
     x = builder.bn_swish(builder.conv(x, round_filters(HEAD_FILTERS, scaling.width), 1,
                                       "head_conv"), "head")

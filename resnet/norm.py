@@ -8,23 +8,13 @@ import dataclasses
 import keras
 
 from bnreg_tf import init
+from bnreg_tf.init import Seeds
 from bnreg_tf import layers as bl
 from bnreg_tf.heads import classifier_head
 
 NORM_MODES = ("batchnorm", "fixup", "fixup_standardize", "none", "single_bn", "fixup_single_bn")
 FIXUP_MODES = ("fixup", "fixup_standardize", "fixup_single_bn")
 SINGLE_BN_MODES = ("single_bn", "fixup_single_bn")
-
-
-class Seeds:
-    """Distinct seeds for each initializer (`None` stays unseeded)."""
-
-    def __init__(self, seed):
-        self.seed, self.count = seed, 0
-
-    def __call__(self):
-        self.count += 1
-        return None if self.seed is None else self.seed * 100003 + self.count
 
 
 @dataclasses.dataclass

@@ -10,7 +10,8 @@ import re
 
 import keras
 
-from resnet.norm import NormPolicy, Seeds, activation_layer
+from bnreg_tf.init import Seeds
+from resnet.norm import NormPolicy, activation_layer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -144,6 +144,7 @@ def test_naive_add_loss_layer_is_wrong_under_synchronized_bn(mirrored, batch):
     build = lambda: naive_model(sync_bn=True)  # noqa: E731
     one = train_loss(build, mirrored, "default", x, y)["loss"]
     two = train_loss(build, mirrored, "mirrored", x, y)["loss"]
+    print(f"naive add_loss layer, synchronized BN: one device {one:.4f}, 2 replicas {two:.4f}")
     assert rel_err(two, one) > 1e-4
 
 

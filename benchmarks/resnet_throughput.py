@@ -6,7 +6,7 @@ same run, both with the compilation mode bnreg picks for the device (graph mode 
 import keras
 
 import resnet
-from benchmarks.timing import conv_dense_flops, train_step_throughput
+from benchmarks.timing import conv_dense_flops, interleaved_throughput
 
 
 def rows(image_size=64, batch_size=32, steps=10):
@@ -19,17 +19,14 @@ def rows(image_size=64, batch_size=32, steps=10):
     ours = resnet.build_model("resnet50", num_classes=1000, input_shape=shape, norm="batchnorm")
     theirs = keras.applications.ResNet50(weights=None, input_shape=shape, classes=1000,
                                          classifier_activation=None)
-    measured = []
-    for label, model in (("keras.applications.ResNet50", theirs), ("bnreg resnet50 batchnorm", ours)):
-        rate = train_step_throughput(model, batch_size, 1000, steps=steps)
-        measured.append((label, 3 * conv_dense_flops(model) / 1e9, rate))
-    reference = measured[0][2]
-    for label, flops, rate in measured:
-        yield label, flops, rate, flops * rate, rate / reference
-    wrn_reference = None
-    for norm in resnet.NORM_MODES:
-        model = resnet.build_model("wrn16_4", num_classes=10, norm=norm)
-        rate = train_step_throughput(model, batch_size, 10, steps=steps)
-        wrn_reference = wrn_reference or rate
+    pairs = [("keras.applications.ResNet50", theirs), ("bnreg resnet50 batchnorm", ours)]
+    rates = interleaved_throughput([model for _, model in pairs], batch_size, 1000, steps)
+    for (label, model), rate in zip(pairs, rates):
         flops = 3 * conv_dense_flops(model) / 1e9
-        yield f"wrn16_4 {norm} (32 px)", flops, rate, flops * rate, rate / wrn_reference
+        yield label, flops, rate, flops * rate, rate / rates[0]
+    wrns = [(norm, resnet.build_model("wrn16_4", num_classes=10, norm=norm))
+            for norm in resnet.NORM_MODES]
+    rates = interleaved_throughput([model for _, model in wrns], batch_size, 10, steps)
+    for (norm, model), rate in zip(wrns, rates):
+        flops = 3 * conv_dense_flops(model) / 1e9
+        yield f"wrn16_4 {norm} (32 px)", flops, rate, flops * rate, rate / rates[0]

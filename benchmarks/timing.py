@@ -41,8 +41,7 @@ def matmul_peak_gflops(n=2048, repeats=20):
     return 2 * n**3 / np.min(times) / 1e9
 
 
-def train_step_throughput(model, batch_size, num_classes, steps=10, warmup=3, seed=0):
-    """Images/s of `model.train_on_batch` (median step of `steps` after `warmup`), SGD."""
+def _compiled_step(model, batch_size, num_classes, seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch_size, *model.input_shape[1:])).astype(np.float32)
     labels = rng.integers(0, num_classes, batch_size)
@@ -53,14 +52,39 @@ def train_step_throughput(model, batch_size, num_classes, steps=10, warmup=3, se
         y = labels
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), loss=loss,
                   jit_compile=choose_jit_compile())
-    for _ in range(warmup):
-        model.train_on_batch(x, y)
+    return lambda: model.train_on_batch(x, y)
+
+
+def _median_step_seconds(step, steps):
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        model.train_on_batch(x, y)
+        step()
         times.append(time.perf_counter() - start)
-    return batch_size / float(np.median(times))
+    return float(np.median(times))
+
+
+def train_step_throughput(model, batch_size, num_classes, steps=10, warmup=3, seed=0):
+    """Images/s of `model.train_on_batch` (median step of `steps` after `warmup`), SGD."""
+    return interleaved_throughput([model], batch_size, num_classes, steps, warmup, 1, seed)[0]
+
+
+def interleaved_throughput(models, batch_size, num_classes, steps=10, warmup=3, rounds=3, seed=0):
+    """Images/s of each model's training step, measured in alternating rounds.
+
+    Each round times `steps` steps of every model in turn (median step); a model's result is
+    its best round. Alternating keeps a slow phase of a shared machine from landing on one
+    model only, which made single back-to-back measurements here swing by +-25%.
+    """
+    compiled = [_compiled_step(model, batch_size, num_classes, seed) for model in models]
+    for step in compiled:
+        for _ in range(warmup):
+            step()
+    best = [float("inf")] * len(models)
+    for _ in range(rounds):
+        for i, step in enumerate(compiled):
+            best[i] = min(best[i], _median_step_seconds(step, steps))
+    return [batch_size / seconds for seconds in best]
 
 
 def machine():

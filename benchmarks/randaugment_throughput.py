@@ -1,0 +1,41 @@
+"""RandAugment images/s in a tf.data pipeline: ours vs keras.layers.RandAugment.
+
+Issue 4's benchmark. Both run per image inside `Dataset.map` (AUTOTUNE parallelism) on the same
+uint8 images, then batch 32; images/s over `count` images after one warm-up pass. Keras' layer
+has 11 ops and a factor in [0, 1] instead of M; it gets `factor = M / 30` (its maximum at M = 30),
+so the comparison is at a comparable distortion strength, not the same algorithm.
+"""
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from efficientnet.randaugment import randaugment
+
+
+def _rate(images, augment, count):
+    dataset = (tf.data.Dataset.from_tensor_slices(images).repeat()
+               .enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+               .batch(32).prefetch(tf.data.AUTOTUNE))
+    iterator = iter(dataset)
+    next(iterator)
+    batches = max(1, count // 32)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * 32 / (time.perf_counter() - start)
+
+
+def rows(image_sizes=(224, 32), magnitudes=(10, 28), count=640, seed=0):
+    """Yields `(image size, M, keras images/s, ours images/s, ratio)` rows."""
+    rng = np.random.default_rng(seed)
+    for size in image_sizes:
+        images = rng.integers(0, 256, size=(64, size, size, 3), dtype=np.uint8)
+        for magnitude in magnitudes:
+            layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
+                                             factor=magnitude / 30, seed=seed)
+            theirs = _rate(images, lambda i, im: tf.cast(layer(im), tf.uint8), count)
+            ours = _rate(images, lambda i, im, m=magnitude: randaugment(
+                im, 2, m, tf.stack([i, tf.constant(seed, tf.int64)])), count)
+            yield size, magnitude, theirs, ours, ours / theirs

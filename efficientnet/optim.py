@@ -1,0 +1,177 @@
+"""The EfficientNet TPU reference's optimizer, weight average and schedule (REFERENCE.md section 5).
+
+Keras 3's `RMSprop` differs from the reference's TF1 `RMSPropOptimizer` (its rms slot starts at
+zero, so the first steps are huge) and its `use_ema` averages trainable weights only, from step 0,
+with a fixed decay. `ReferenceRMSprop` implements TF1's update with the rms slot starting at one,
+and keeps an exponential moving average of any variables (trainable weights AND BatchNorm
+moving statistics) with the reference's decay `min(decay, (1 + t) / (10 + t))`.
+"""
+import contextlib
+
+import keras
+import tensorflow as tf
+
+
+def average_sources(model):
+    """What the reference averages: every trainable variable plus BN moving mean/variance."""
+    sources = list(model.trainable_variables)
+    seen = {id(v) for v in sources}
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for variable in (layer.moving_mean, layer.moving_variance):
+                if id(variable) not in seen:
+                    seen.add(id(variable))
+                    sources.append(variable)
+    return sources
+
+
+@keras.saving.register_keras_serializable(package="bnreg")
+class ReferenceRMSprop(keras.optimizers.Optimizer):
+    """TF1 RMSProp with momentum, plus the reference's weight average.
+
+    Per step t (1-based), for gradient g:
+        ms  <- rho * ms + (1 - rho) * g^2           (ms starts at 1)
+        mom <- momentum * mom + lr * g / sqrt(ms + epsilon)
+        var <- var - mom
+    and, when `average_decay` is set and `track_average(variables)` was called before the first
+    step, for each tracked variable v with shadow a (a starts at v's value when tracking began):
+        a <- a - (1 - d_t) * (a - v),   d_t = min(average_decay, (1 + t) / (10 + t)).
+    The shadows are optimizer variables, so checkpoints carry them. `averaged_weights()` swaps
+    them into the model for evaluation or export.
+    """
+
+    def __init__(self, learning_rate=0.016, rho=0.9, momentum=0.9, epsilon=1e-3,
+                 average_decay=None, name="reference_rmsprop", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        if average_decay is not None and not 0.0 < float(average_decay) < 1.0:
+            raise ValueError(f"average_decay must be in (0, 1), got {average_decay!r}")
+        self.average_decay = None if average_decay is None else float(average_decay)
+        self._average_sources, self._average_starts, self._averages = [], [], []
+
+    def track_average(self, variables):
+        """Sets the variables to average; call once, inside the strategy scope, before training."""
+        if self.average_decay is None:
+            raise ValueError("track_average needs average_decay to be set")
+        if self.built:
+            raise ValueError("track_average must be called before the optimizer is built")
+        self._average_sources = list(variables)
+        with tf.init_scope():
+            self._average_starts = [keras.ops.convert_to_numpy(v) for v in self._average_sources]
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._ms = self.add_optimizer_variables(var_list, "ms", initializer="ones")
+        self._mom = self.add_optimizer_variables(var_list, "mom")
+        # Keras builds lazily inside the first train step, so the starting values were read
+        # eagerly by track_average (a read here would see that step's BN update).
+        for source, start in zip(self._average_sources, self._average_starts):
+            self._averages.append(self.add_variable_from_reference(
+                source, name="average", initializer=lambda shape, dtype, v=start: tf.cast(v, dtype)))
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = tf.cast(learning_rate, variable.dtype)
+        gradient = tf.cast(gradient, variable.dtype)
+        ms = self._ms[self._get_variable_index(variable)]
+        mom = self._mom[self._get_variable_index(variable)]
+        self.assign(ms, self.rho * ms + (1.0 - self.rho) * tf.square(gradient))
+        self.assign(mom, self.momentum * mom + lr * gradient * tf.math.rsqrt(ms + self.epsilon))
+        self.assign_sub(variable, mom)
+
+    def average_decay_at(self, step):
+        """d_t for the update made at 1-based step t."""
+        step = tf.cast(step, tf.float32)
+        return tf.minimum(self.average_decay, (1.0 + step) / (10.0 + step))
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        super()._backend_apply_gradients(grads, trainable_variables)
+        if not self._averages:
+            return
+        decay = self.average_decay_at(self._iterations + 1)  # iterations grows after this
+        sources = [s.value if isinstance(s, keras.Variable) else s for s in self._average_sources]
+        shadows = [a.value for a in self._averages]
+
+        def update(distribution):
+            for shadow, source in zip(shadows, sources):
+                distribution.extended.update(
+                    shadow, lambda a, v: a.assign_sub((1.0 - tf.cast(decay, a.dtype)) * (a - v)),
+                    args=(source,), group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(update, tf.distribute.get_strategy())
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within the block the tracked variables hold their averages; restored on exit."""
+        if not self._averages:
+            raise ValueError("no averaged weights: set average_decay and call track_average")
+        saved = [tf.identity(s.value if isinstance(s, keras.Variable) else s)
+                 for s in self._average_sources]
+        for source, shadow in zip(self._average_sources, self._averages):
+            source.assign(shadow)
+        try:
+            yield
+        finally:
+            for source, value in zip(self._average_sources, saved):
+                source.assign(value)
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "average_decay": self.average_decay}
+
+
+@keras.saving.register_keras_serializable(package="bnreg")
+class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Reference LR: linear warm-up from 0 over `warmup_epochs`, then staircase exponential decay.
+
+    lr(step) = base * step / warmup_steps                        for step < warmup_steps
+             = base * decay_rate ** floor(step / decay_steps)     afterwards
+    with base = `base_rate * batch_size / 256` (0.016 in the reference), and warmup_steps and
+    decay_steps the integer parts of epochs x steps_per_epoch, as in the reference. The reference counts decay from step 0, so the first
+    post-warm-up value is already decayed by the number of 2.4-epoch periods inside warm-up.
+    """
+
+    def __init__(self, base_rate, batch_size, steps_per_epoch, warmup_epochs=5.0,
+                 decay_epochs=2.4, decay_rate=0.97):
+        self.base_rate, self.batch_size = float(base_rate), int(batch_size)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.warmup_epochs, self.decay_epochs = float(warmup_epochs), float(decay_epochs)
+        self.decay_rate = float(decay_rate)
+        if self.steps_per_epoch < 1 or self.batch_size < 1:
+            raise ValueError("steps_per_epoch and batch_size must be >= 1")
+
+    @property
+    def peak(self):
+        return self.base_rate * self.batch_size / 256.0
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        decay_steps = max(1, int(self.decay_epochs * self.steps_per_epoch))
+        decayed = self.peak * self.decay_rate ** tf.floor(step / decay_steps)
+        warmup_steps = int(self.warmup_epochs * self.steps_per_epoch)
+        if warmup_steps <= 0:
+            return decayed
+        return tf.where(step < warmup_steps, self.peak * step / warmup_steps, decayed)
+
+    def get_config(self):
+        return {"base_rate": self.base_rate, "batch_size": self.batch_size,
+                "steps_per_epoch": self.steps_per_epoch, "warmup_epochs": self.warmup_epochs,
+                "decay_epochs": self.decay_epochs, "decay_rate": self.decay_rate}
+
+
+def weight_decay_loss(variables, weight_decay):
+    """`wd * sum 1/2 ||v||^2` (the reference's `wd * tf.nn.l2_loss` sum), in float32."""
+    if not variables or weight_decay == 0:
+        return tf.constant(0.0)
+    return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
+
+
+def non_batchnorm_variables(model):
+    """The reference's weight-decay set: every trainable variable not owned by a BN layer."""
+    excluded = set()
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            excluded.update(id(v) for v in layer.trainable_variables)
+    return [v for v in model.trainable_variables if id(v) not in excluded]
+

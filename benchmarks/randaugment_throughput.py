@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet.randaugment import randaugment
+from efficientnet.augment_ops import randaugment
 
 
 def _rate(images, augment, count):

@@ -6,8 +6,8 @@
 from efficientnet.model import build_model
 from efficientnet.optim import ReferenceRMSprop, WarmupExponentialDecay
 from efficientnet.params import B0_ROWS, SCALING, drop_rates, round_filters, round_repeats
-from efficientnet.preprocess import preprocess
-from efficientnet.randaugment import randaugment
+from efficientnet.input_pipeline import preprocess
+from efficientnet.augment_ops import randaugment
 
 __all__ = ["B0_ROWS", "SCALING", "ReferenceRMSprop", "WarmupExponentialDecay", "build_model",
            "drop_rates", "preprocess", "randaugment", "round_filters", "round_repeats"]

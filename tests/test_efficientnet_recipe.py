@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet import optim, preprocess as pp
+from efficientnet import input_pipeline as pp, optim
 
 LR, RHO, MOMENTUM, EPS, DECAY, BN_MOMENTUM = 0.05, 0.9, 0.9, 1e-3, 0.9999, 0.9
 

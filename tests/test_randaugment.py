@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet import randaugment as ra
+from efficientnet import augment_ops as ra
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ mean/std normalisation. All randomness is stateless: one `seed` ([2] int) gives 
 """
 import tensorflow as tf
 
-from efficientnet.randaugment import randaugment
+from efficientnet.augment_ops import randaugment
 
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)

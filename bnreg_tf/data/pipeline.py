@@ -1,0 +1,195 @@
+"""tf.data pipelines: per-recipe augmentation, deterministic per-epoch order, per-replica batches.
+
+Augmentations (REFERENCE.md sections 3 and 5):
+- `crop_flip` / `crop`: 4-px zero pad and random 32x32 crop (+ horizontal flip) for CIFAR / SVHN;
+- `goyal`: random-resized crop (area 0.08..1, aspect 3/4..4/3) + flip; eval resize of the shorter
+  side to size * 256/224 then centre crop (Goyal et al.);
+- `randaugment` and every EfficientNet run: `efficientnet.preprocess` (reference crop, bicubic
+  resize, flip, RandAugment; eval centre crop 0.875);
+- `none`: resize only when the resolution differs.
+Pixels are then normalised by the dataset's per-channel mean/std (0..255 scale), the same
+function the SavedModel export bakes in.
+
+Training order is a function of (seed, epoch, step) only: epoch e shuffles with seed (seed, e) and
+every example's augmentation seed is (seed, e, index), so a run restarted at step s rebuilds the
+exact stream from s (`start_step`) instead of replaying it.
+"""
+import dataclasses
+
+import tensorflow as tf
+
+from bnreg_tf.data import catalog
+
+# Per-channel mean and std of the training images, on the 0..255 scale.
+NORMALIZATION = {
+    "digits": ((77.9,), (95.8,)),
+    "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
+    "svhn_cropped": ((111.6, 113.2, 120.6), (50.5, 51.3, 50.2)),
+    "imagenet2012": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+}
+GOYAL_RESIZE_RATIO = 256 / 224
+SHUFFLE_BUFFER = 16_384
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """What turns a uint8 image into a network input: the augmentation and the eval transform."""
+
+    augment: str          # none, crop, crop_flip, goyal, randaugment (resolved, never "auto")
+    eval_kind: str        # plain, goyal or efficientnet
+    image_size: int
+    mean: tuple
+    std: tuple
+    randaugment: tuple = ()   # (num_layers, magnitude) when augment == "randaugment"
+
+    def normalize(self, image):
+        image = tf.cast(image, tf.float32)
+        return (image - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
+
+    def train(self, image, seed):
+        """uint8 [H, W, C] -> float32 [S, S, C]; `seed` a [2] int64 tensor."""
+        size = self.image_size
+        if self.augment == "randaugment" or self.eval_kind == "efficientnet":
+            from efficientnet.input_pipeline import preprocess
+
+            augment = ("randaugment", *self.randaugment) if self.augment == "randaugment" else None
+            return preprocess(image, True, size, augment, seed)  # normalises with ImageNet's
+        seeds = tf.random.experimental.stateless_split(seed, 2)
+        if self.augment == "goyal":
+            image = _random_resized_crop(image, size, seeds[0])
+            image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+            return self.normalize(image)
+        image = _resize_if_needed(image, size)
+        if self.augment in ("crop", "crop_flip"):
+            padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+            image = tf.image.stateless_random_crop(padded, tf.shape(image), seeds[0])
+            if self.augment == "crop_flip":
+                image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+        return self.normalize(image)
+
+    def evaluate(self, image):
+        """uint8 [H, W, C] -> float32 [S, S, C], deterministic."""
+        size = self.image_size
+        if self.eval_kind == "efficientnet":
+            from efficientnet.input_pipeline import preprocess
+
+            return preprocess(image, False, size)
+        if self.eval_kind == "goyal":
+            return self.normalize(_resize_and_center_crop(image, size))
+        return self.normalize(_resize_if_needed(image, size))
+
+    def evaluate_batch(self, images):
+        """uint8 [B, H, W, C] -> float32 [B, S, S, C]; batched where the transform allows."""
+        if self.eval_kind == "plain":
+            images = tf.cast(images, tf.float32)
+            if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
+                images = tf.image.resize(images, [self.image_size, self.image_size])
+            return self.normalize(images)
+        return tf.map_fn(self.evaluate, images,
+                         fn_output_signature=tf.TensorSpec([self.image_size, self.image_size,
+                                                            images.shape[-1]], tf.float32))
+
+
+def _resize_if_needed(image, size):
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return tf.image.resize(image, [size, size])
+
+
+def _random_resized_crop(image, size, seed):
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+        min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop)
+    return tf.image.resize(image, [size, size])
+
+
+def _resize_and_center_crop(image, size):
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = round(size * GOYAL_RESIZE_RATIO) / tf.reduce_min(shape)
+    resized = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
+    return tf.image.resize_with_crop_or_pad(resized, size, size)
+
+
+def preprocessing_for(config, image_size):
+    """The resolved `Preprocessing` of a run."""
+    spec = catalog.DATASETS[config.dataset]
+    augment = config.augment
+    if augment == "auto":
+        augment = "randaugment" if config.family == "efficientnet" and spec.channels == 3 \
+            else spec.augment
+    if config.family == "efficientnet" or augment == "randaugment":
+        eval_kind = "efficientnet"
+        mean, std = NORMALIZATION["imagenet2012"]
+    else:
+        eval_kind = "goyal" if augment == "goyal" else "plain"
+        mean, std = NORMALIZATION[config.dataset]
+    return Preprocessing(augment, eval_kind, image_size, tuple(mean), tuple(std),
+                         (config.randaugment_layers, config.randaugment_magnitude))
+
+
+def _shard(dataset, context):
+    if context is not None and context.num_input_pipelines > 1:
+        return dataset.shard(context.num_input_pipelines, context.input_pipeline_id)
+    return dataset
+
+
+def train_dataset(config, preprocessing, split, steps_per_epoch, batch_size, start_step=0,
+                  context=None):
+    """`(images, labels)` batches of `batch_size` (per replica) for the run's steps from `start_step`.
+
+    Epoch e is `steps_per_epoch` batches of a shuffle seeded by (seed, e) (a Python seed per
+    epoch: tf.data takes no tensor seed), and each example's augmentation seed is
+    (seed, e * 2^32 + index). The epochs are joined with `choose_from_datasets`, and the
+    augmentation runs once over the joined stream.
+    """
+    base = _shard(catalog.load(config.dataset, split, config.data_dir, config.download), context)
+    base = base.enumerate()
+    per_epoch = int(steps_per_epoch) * int(batch_size)
+    start_epoch, skip_batches = divmod(int(start_step), int(steps_per_epoch))
+    epochs = range(start_epoch, max(start_epoch + 1, config.epochs))
+
+    def epoch(e):
+        examples = base.shuffle(min(SHUFFLE_BUFFER, per_epoch), seed=config.seed * 1_000_003 + e,
+                                reshuffle_each_iteration=False).repeat().take(per_epoch)
+        if e == start_epoch and skip_batches:
+            examples = examples.skip(skip_batches * batch_size)
+        return examples.map(lambda index, example: (tf.constant(e, tf.int64), index, example))
+
+    choice = tf.data.Dataset.from_tensor_slices(tf.constant(
+        [per_epoch - (skip_batches * batch_size if e == start_epoch else 0) for e in epochs], tf.int64))
+    choice = choice.enumerate().flat_map(
+        lambda position, count: tf.data.Dataset.from_tensors(position).repeat(count))
+    stream = tf.data.Dataset.choose_from_datasets([epoch(e) for e in epochs], choice)
+    seed = tf.constant(config.seed, tf.int64)
+
+    def augment(e, index, example):
+        example_seed = tf.stack([seed, e * 2**32 + index])
+        return preprocessing.train(example["image"], example_seed), example["label"]
+
+    stream = stream.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return stream.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(config, preprocessing, split, batch_size, limit=None):
+    """`(images, labels)` batches of `split` in file order, eval transform, last batch kept."""
+    examples = catalog.load(config.dataset, split, config.data_dir, config.download)
+    if limit:
+        examples = examples.take(limit)
+    examples = examples.map(lambda ex: (preprocessing.evaluate(ex["image"]), ex["label"]),
+                            num_parallel_calls=tf.data.AUTOTUNE)
+    return examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def raw_dataset(name, split, data_dir="", download=False, batch_size=256, limit=None):
+    """uint8 `(images, labels)` batches, as a SavedModel's serving signature takes them.
+
+    ImageNet's images differ in size, so they go one per batch (the export crops each itself).
+    """
+    examples = catalog.load(name, split, data_dir, download)
+    if limit:
+        examples = examples.take(limit)
+    if name.split("/")[0] == "imagenet2012":
+        batch_size = 1
+    return examples.map(lambda ex: (ex["image"], ex["label"])).batch(batch_size)

@@ -1,0 +1,58 @@
+"""SavedModel export with the evaluation preprocessing baked in (`keras.export.ExportArchive`).
+
+Endpoints (signatures) of the export:
+- `serve` (also `serving_default`): uint8 images [B, H, W, C], any B (any H, W; they are
+  cropped/resized as in evaluation) -> `logits`, `probabilities`, `embedding`;
+- `classify_embedding`: float32 embedding [B, E] -> `logits`, i.e. the layers after the
+  embedding's Dropout (Fixup's scalar bias and the classifier). `bnreg-eval` applies test-time
+  Dropout masks between the two.
+The directory is written beside the target and renamed into place, so an interrupted export
+never leaves a half-written SavedModel where a good one was.
+"""
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+
+def classify_embedding(network, embedding):
+    """The network's head after the embedding (and its dropout), as the network computes it."""
+    names = {layer.name for layer in network.layers}
+    x = embedding
+    if "classifier_input_bias" in names:
+        x = network.get_layer("classifier_input_bias")(x)
+    return tf.cast(network.get_layer("classifier")(x), tf.float32)
+
+
+def export_saved_model(network, preprocessing, path):
+    """Writes the SavedModel of `network` to `path` (replacing an older export atomically)."""
+    channels = network.input_shape[-1]
+    width = network.get_layer("classifier").kernel.shape[0]
+
+    def serve(images):
+        outputs = network(preprocessing.evaluate_batch(images), training=False)
+        logits = tf.cast(outputs["logits"], tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits),
+                "embedding": tf.cast(outputs["embedding"], tf.float32)}
+
+    def head(embedding):
+        return {"logits": classify_embedding(network, embedding)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    images = tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")
+    for name in ("serve", "serving_default"):
+        archive.add_endpoint(name, serve, input_signature=[images])
+    archive.add_endpoint("classify_embedding", head, input_signature=[
+        tf.TensorSpec([None, width], tf.float32, name="embedding")])
+    path = os.path.abspath(path)
+    staging, previous = f"{path}.partial", f"{path}.previous"
+    shutil.rmtree(staging, ignore_errors=True)
+    archive.write_out(staging, verbose=False)
+    if os.path.exists(path):
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(path, previous)
+    os.replace(staging, path)
+    shutil.rmtree(previous, ignore_errors=True)
+    return path

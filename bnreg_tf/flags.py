@@ -1,0 +1,34 @@
+"""absl flags mirroring every RunConfig field, and the one place a config is made from them.
+
+Each field becomes `--<field>` (bool fields also `--no<field>`) with no default of its own:
+`config_from_flags` starts from `--preset` and overrides exactly the flags given.
+"""
+import dataclasses
+
+from absl import flags
+
+from bnreg_tf.config import RunConfig, validate
+from bnreg_tf.presets import PRESETS, preset
+
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string}
+
+
+def define_run_flags(flag_values=flags.FLAGS, default_preset="digits"):
+    """Defines `--preset` and one flag per RunConfig field on `flag_values`."""
+    flags.DEFINE_string("preset", default_preset,
+                        f"Paper experiment to start from: {', '.join(PRESETS)}",
+                        flag_values=flag_values)
+    for field in dataclasses.fields(RunConfig):
+        kind = {"bool": bool, "int": int, "float": float, "str": str}.get(field.type, field.type)
+        default = getattr(PRESETS[default_preset], field.name)
+        _DEFINE[kind](field.name, None, f"{field.metadata['help']} (preset default: {default!r})",
+                      flag_values=flag_values)
+
+
+def config_from_flags(flag_values=flags.FLAGS, **forced):
+    """The preset with every explicitly given flag applied, validated."""
+    config = preset(flag_values.preset)
+    given = {field.name: flag_values[field.name].value for field in dataclasses.fields(RunConfig)
+             if flag_values[field.name].present}
+    return validate(config.replace(**{**given, **forced}))

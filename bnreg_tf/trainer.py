@@ -1,0 +1,277 @@
+"""`train(config)`: one run from a RunConfig, resumable, ending in an evaluation and a SavedModel.
+
+Model dir layout: `config.json` (the resolved config), `checkpoints/` (tf.train.CheckpointManager:
+model, optimizer with its slots and EMA, step counter), `log.csv` (one row per epoch: loss,
+accuracy, each penalty, validation metrics, NormMonitor norms, learning rate, images/s),
+`tensorboard/`, `results.json` (final evaluation) and `export/` (the SavedModel).
+A model dir holding a different config is refused before anything is written.
+"""
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from bnreg_tf import callbacks as cb
+from bnreg_tf.compilation import choose_jit_compile
+from bnreg_tf.config import ConfigError, RunConfig, validate
+from bnreg_tf.data import catalog, pipeline
+from bnreg_tf.diagnostics import NormMonitor
+from bnreg_tf.export import export_saved_model
+from bnreg_tf.models import build_network, native_image_size
+from bnreg_tf.schedules import make_optimizer
+from bnreg_tf.strategies import check_batch_split, make_strategy
+from bnreg_tf.training import Classifier
+from efficientnet.optim import ReferenceRMSprop, average_sources
+
+# Fields that may differ when a run is resumed: where data/outputs live and how it is executed.
+RESUMABLE_FIELDS = ("data_dir", "download", "export", "model_dir", "strategy", "tpu",
+                    "eval_batch_size", "checkpoint_steps")
+
+
+def _path(config, *parts):
+    return os.path.join(config.model_dir, *parts)
+
+
+def check_model_dir(config):
+    """Raises ConfigError if the model dir cannot hold this run. Writes nothing."""
+    model_dir = config.model_dir
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ConfigError(f"--model_dir={model_dir}: exists and is not a directory")
+    config_path = _path(config, "config.json")
+    if not os.path.exists(config_path):
+        return False
+    try:
+        with open(config_path) as f:
+            previous = RunConfig.from_json(f.read())
+    except (ValueError, TypeError, OSError) as error:
+        raise ConfigError(f"--model_dir={model_dir}: config.json is unreadable ({error}); "
+                          "use a new --model_dir") from None
+    for field in dataclasses.fields(RunConfig):
+        name = field.name
+        if name in RESUMABLE_FIELDS:
+            continue
+        old, new = getattr(previous, name), getattr(config, name)
+        if old != new:
+            raise ConfigError(
+                f"--model_dir={model_dir} holds a run with a different config (--{name}={old!r} "
+                f"there, {new!r} asked); repeat that run's flags or use a new --model_dir")
+    return True
+
+
+def _write_atomically(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    staging = f"{path}.partial"
+    with open(staging, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(staging, path)
+
+
+def _truncate_log(path, first_epoch_to_drop):
+    """Drops log rows of epochs that will run again (killed after logging, before checkpoint)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < first_epoch_to_drop]
+    if len(kept) != len(rows):
+        with open(f"{path}.partial", "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        os.replace(f"{path}.partial", path)
+
+
+def set_precision(config, strategy):
+    """float32 on CPU; bfloat16 on TPU; float16 on GPU; unless --precision says otherwise."""
+    policy = config.precision
+    if policy == "auto":
+        if isinstance(strategy, tf.distribute.TPUStrategy):
+            policy = "mixed_bfloat16"
+        elif tf.config.list_logical_devices("GPU"):
+            policy = "mixed_float16"
+        else:
+            policy = "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def jit_compile_for(config, strategy):
+    if config.compilation == "xla":
+        return True
+    if config.compilation == "graph":
+        return False
+    return choose_jit_compile(strategy)
+
+
+@dataclasses.dataclass
+class Run:
+    """What `build_run` made: the Keras objects of one run and its data plan."""
+
+    config: RunConfig
+    strategy: object
+    trainer: Classifier
+    network: keras.Model
+    optimizer: object
+    preprocessing: pipeline.Preprocessing
+    checkpoint_manager: tf.train.CheckpointManager
+    steps_per_epoch: int
+    train_split: str
+    eval_split: str
+    start_step: int = 0
+
+    @property
+    def averages_weights(self):
+        return isinstance(self.optimizer, ReferenceRMSprop) and bool(self.optimizer.average_decay)
+
+    @property
+    def total_steps(self):
+        return self.config.epochs * self.steps_per_epoch
+
+    def averaged(self):
+        """Context in which the network holds the weights to evaluate and export."""
+        return self.optimizer.averaged_weights() if self.averages_weights \
+            else contextlib.nullcontext()
+
+
+def build_run(config, strategy=None):
+    """Validates, builds model/optimizer in the strategy scope, restores the latest checkpoint."""
+    validate(config)
+    check_model_dir(config)
+    strategy = strategy or make_strategy(config.strategy, config.tpu)
+    check_batch_split(strategy, config.batch_size)
+    check_batch_split(strategy, config.eval_batch_size, "eval_batch_size")
+    spec = catalog.DATASETS[config.dataset]
+    train_split, eval_split, train_examples, _ = catalog.split_plan(config.dataset, config.holdout)
+    for split in (train_split, eval_split):  # fail fast, before anything is written
+        catalog.load(config.dataset, split, config.data_dir, config.download)
+    steps_per_epoch = config.steps_per_epoch or max(1, train_examples // config.batch_size)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    set_precision(config, strategy)
+    image_size = native_image_size(config, spec)
+    preprocessing = pipeline.preprocessing_for(config, image_size)
+    with strategy.scope():
+        network = build_network(config, spec, image_size)
+        trainer = Classifier(network, spec.num_classes, config.label_smoothing,
+                             config.weight_decay, config.weight_decay_exclude,
+                             config.fixup_scalar_lr)
+        optimizer = make_optimizer(config, steps_per_epoch)
+        if isinstance(optimizer, ReferenceRMSprop) and optimizer.average_decay:
+            optimizer.track_average(average_sources(network))
+        trainer.compile(optimizer=optimizer, jit_compile=jit_compile_for(config, strategy))
+        trainer.optimizer.build(trainer.trainable_variables)
+        checkpoint = tf.train.Checkpoint(network=network, optimizer=trainer.optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, _path(config, "checkpoints"), max_to_keep=3)
+    start_step = 0
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        start_step = int(trainer.optimizer.iterations.numpy())
+    return Run(config, strategy, trainer, network, optimizer, preprocessing, manager,
+               steps_per_epoch, train_split, eval_split, start_step)
+
+
+def _probe(run):
+    dataset = pipeline.eval_dataset(run.config, run.preprocessing, run.eval_split,
+                                    run.config.norm_probe_size, limit=run.config.norm_probe_size)
+    return next(iter(dataset))[0].numpy()
+
+
+def _train_input(run, start_step):
+    config = run.config
+
+    def input_fn(context):
+        batch = context.get_per_replica_batch_size(config.batch_size)
+        return pipeline.train_dataset(config, run.preprocessing, run.train_split,
+                                      run.steps_per_epoch, batch, start_step, context)
+
+    return run.strategy.distribute_datasets_from_function(input_fn)
+
+
+def train(config, strategy=None, log=print):
+    """Trains (or resumes) the run `config` describes; returns the final results dict."""
+    run = build_run(config, strategy)
+    config = run.config
+    os.makedirs(config.model_dir, exist_ok=True)
+    if not os.path.exists(_path(config, "config.json")):
+        _write_atomically(_path(config, "config.json"), config.to_json() + "\n")
+    log(f"bnreg: config\n{config.to_json()}")
+    start, total, spe = run.start_step, run.total_steps, run.steps_per_epoch
+    guard = cb.NonFiniteGuard()
+    monitor = NormMonitor(_probe(run))
+    if start < total:
+        if start:
+            log(f"bnreg: resuming from {run.checkpoint_manager.latest_checkpoint} (step {start})")
+        _truncate_log(_path(config, "log.csv"), start // spe)
+        callbacks = [guard, monitor, cb.RunStats(config.batch_size)]
+        if run.averages_weights:
+            callbacks.append(cb.AveragedEvaluation(run.optimizer))
+        callbacks += [keras.callbacks.CSVLogger(_path(config, "log.csv"), append=True),
+                      cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps),
+                      cb.ScalarSummaries(_path(config, "tensorboard"))]
+        validation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
+                                           config.eval_batch_size)
+        epoch, into_epoch = divmod(start, spe)
+        verbose = 2 if os.environ.get("BNREG_QUIET") is None else 0
+        if into_epoch:  # a step checkpoint: finish that epoch first, then go on per epoch
+            run.trainer.fit(_train_input(run, start), epochs=epoch + 1, initial_epoch=epoch,
+                            steps_per_epoch=spe - into_epoch, validation_data=validation,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
+            epoch, start = epoch + 1, (epoch + 1) * spe
+        if epoch < config.epochs and guard.tripped is None:
+            run.trainer.fit(_train_input(run, start), epochs=config.epochs, initial_epoch=epoch,
+                            steps_per_epoch=spe, validation_data=validation,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
+    if guard.tripped is not None:
+        raise cb.NonFiniteLoss(
+            f"loss became non-finite at step {guard.tripped}; training stopped. Last good "
+            f"checkpoint: {run.checkpoint_manager.latest_checkpoint or 'none saved yet'}")
+    return finish(run, monitor, log)
+
+
+def finish(run, monitor=None, log=print):
+    """Final evaluation (averaged weights where the recipe has them), results.json and export."""
+    config = run.config
+    evaluation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
+                                       config.eval_batch_size)
+    with run.averaged():
+        metrics = run.trainer.evaluate(evaluation, verbose=0, return_dict=True)
+        probe = NormMonitor(_probe(run))
+        probe.set_model(run.trainer)
+        final_norms = probe.measure()
+        export_path = None
+        if config.export:
+            export_path = export_saved_model(run.network, run.preprocessing,
+                                             _path(config, "export"))
+    results = {
+        "eval_split": run.eval_split,
+        "eval_accuracy": float(metrics["accuracy"]),
+        "eval_cross_entropy": float(metrics["cross_entropy"]),
+        "steps": int(run.trainer.optimizer.iterations.numpy()),
+        "epochs": config.epochs,
+        "norms": final_norms,
+        "initial_norms": monitor.initial if monitor is not None else None,
+        "export": export_path,
+    }
+    _write_atomically(_path(config, "results.json"), json.dumps(results, indent=2) + "\n")
+    log(f"bnreg: {run.eval_split} accuracy {results['eval_accuracy']:.4f} after "
+        f"{results['steps']} steps; results in {_path(config, 'results.json')}")
+    return results
+
+
+def export_from_checkpoint(config, strategy=None, log=print):
+    """Exports the latest checkpoint of `config`'s model dir (averaged weights where kept)."""
+    run = build_run(config, strategy)
+    if run.checkpoint_manager.latest_checkpoint is None:
+        raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
+    with run.averaged():
+        path = export_saved_model(run.network, run.preprocessing, _path(config, "export"))
+    log(f"bnreg: exported {run.checkpoint_manager.latest_checkpoint} to {path}")
+    return path
+

@@ -1,0 +1,92 @@
+"""The training step of every bnreg recipe: cross-entropy + penalties + weight decay, as a Keras Model.
+
+`Classifier` wraps a `{"logits", "embedding"}` network so that `model.fit` trains it with
+- cross-entropy on the logits, with label smoothing;
+- the penalty layers' `add_loss` terms (EL2, FL2, KL standardization), training only;
+- weight decay `wd * sum 1/2 ||v||^2` over the recipe's variables (REFERENCE.md sections 3, 5);
+- the Fixup reference's reduced learning rate for scalar biases/multipliers, as a gradient
+  multiplier (exactly a per-group learning rate for SGD, whose update is linear in the gradient);
+and reports loss, cross_entropy, accuracy and each penalty's raw value. The summed loss is
+divided by the number of replicas before differentiation, as Keras' own step does, so gradients
+all-reduced by the optimizer are those of the global batch.
+"""
+import keras
+import tensorflow as tf
+
+from bnreg_tf import layers as bl
+from bnreg_tf.param_groups import param_groups
+
+
+class Classifier(keras.Model):
+    """`network` plus the recipe's loss; `call` returns the network's output dict."""
+
+    def __init__(self, network, num_classes, label_smoothing=0.0, weight_decay=0.0,
+                 weight_decay_exclude="none", fixup_scalar_lr=1.0, **kwargs):
+        super().__init__(name=kwargs.pop("name", "trainer"), **kwargs)
+        self.network = network
+        self.num_classes = int(num_classes)
+        self.label_smoothing = float(label_smoothing)
+        self.weight_decay = float(weight_decay)
+        self.fixup_scalar_lr = float(fixup_scalar_lr)
+        groups = param_groups(network)
+        excluded = {"none": (), "batchnorm": ("batchnorm",),
+                    "batchnorm_and_bias": ("batchnorm", "biases")}[weight_decay_exclude]
+        self.decay_variables = [v for name, members in groups.items() if name not in excluded
+                                for v in members]
+        self._scalar_ids = {id(v) for v in groups["fixup_scalars"]}
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.cross_entropy_tracker = keras.metrics.Mean(name="cross_entropy")
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.penalty_metrics = [
+            layer.value_metric for layer in network._flatten_layers(include_self=False)
+            if isinstance(layer, bl.PenaltyLayer) and layer.value_metric is not None]
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.cross_entropy_tracker, self.accuracy, *self.penalty_metrics]
+
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    def cross_entropy(self, labels, logits):
+        """Mean smoothed cross-entropy; float32 whatever the compute dtype."""
+        labels = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), self.num_classes)
+        return tf.reduce_mean(keras.losses.categorical_crossentropy(
+            labels, tf.cast(logits, tf.float32), from_logits=True,
+            label_smoothing=self.label_smoothing))
+
+    def weight_decay_loss(self):
+        if not self.weight_decay or not self.decay_variables:
+            return tf.constant(0.0)
+        return self.weight_decay * tf.add_n(
+            [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in self.decay_variables])
+
+    def train_step(self, data):
+        images, labels = data[0], data[1]  # Keras may append sample weights (None)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            outputs = self(images, training=True)
+            cross_entropy = self.cross_entropy(labels, outputs["logits"])
+            penalties = tf.add_n([tf.cast(v, tf.float32) for v in self.losses]) \
+                if self.losses else tf.constant(0.0)
+            loss = cross_entropy + penalties + self.weight_decay_loss()
+            scaled = self.optimizer.scale_loss(loss / replicas)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        if self.fixup_scalar_lr != 1.0:
+            gradients = [g * self.fixup_scalar_lr if g is not None and id(v) in self._scalar_ids
+                         else g for g, v in zip(gradients, variables)]
+        self.optimizer.apply(gradients, variables)
+        self.loss_tracker.update_state(loss)
+        self.cross_entropy_tracker.update_state(cross_entropy)
+        self.accuracy.update_state(labels, outputs["logits"])
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        images, labels = data[0], data[1]
+        outputs = self(images, training=False)
+        cross_entropy = self.cross_entropy(labels, outputs["logits"])
+        self.loss_tracker.update_state(cross_entropy)
+        self.cross_entropy_tracker.update_state(cross_entropy)
+        self.accuracy.update_state(labels, outputs["logits"])
+        return {m.name: m.result() for m in self.metrics}

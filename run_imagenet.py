@@ -9,6 +9,7 @@ Same flags as `bnreg-train`; the dataset must be imagenet2012 (TFDS, manual down
 from absl import flags
 
 from bnreg_tf.cli import train as train_cli
+from bnreg_tf.cli import initialize_devices
 from bnreg_tf.cli.errors import run_main
 from bnreg_tf.config import ConfigError
 from bnreg_tf.flags import config_from_flags
@@ -25,10 +26,11 @@ def main():
     config = config_from_flags(flags.FLAGS)
     if config.dataset != "imagenet2012":
         raise ConfigError(f"--dataset: run_imagenet.py trains on imagenet2012, got {config.dataset!r}")
+    strategy = initialize_devices(config)
     if flags.FLAGS.export_only:
-        trainer.export_from_checkpoint(config)
+        trainer.export_from_checkpoint(config, strategy)
     else:
-        trainer.train(config)
+        trainer.train(config, strategy)
     return 0
 
 

@@ -72,6 +72,8 @@ class RunConfig:
     compilation: str = _field("auto", "auto (per device), xla or graph")
     strategy: str = _field("default", "default, one_device, mirrored, multi_worker or tpu")
     tpu: str = _field("", "TPU address for --strategy=tpu ('' = local)")
+    virtual_cpus: int = _field(0, "Split the CPU into N logical devices (try --strategy=mirrored "
+                                  "on a CPU machine); 0 = as is")
     deterministic: bool = _field(False, "Enable TF deterministic ops")
     seed: int = _field(0, "Seed of init, data order, augmentation and dropout")
     model_dir: str = _field("", "Where checkpoints, logs, config.json and the export go")
@@ -164,7 +166,8 @@ def validate(config):
     for name in ("epochs", "batch_size", "eval_batch_size", "norm_probe_size",
                  "randaugment_layers"):
         _require(getattr(config, name) >= 1, name, "an integer >= 1", getattr(config, name))
-    for name in ("steps_per_epoch", "checkpoint_steps", "image_size", "lr_reference_batch"):
+    for name in ("steps_per_epoch", "checkpoint_steps", "image_size", "lr_reference_batch",
+                 "virtual_cpus"):
         _require(getattr(config, name) >= 0, name, "an integer >= 0", getattr(config, name))
     try:
         boundaries = config.decay_boundaries

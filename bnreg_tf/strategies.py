@@ -41,6 +41,18 @@ def make_strategy(kind, tpu=""):
     raise ConfigError(f"--strategy: expected one of {', '.join(KINDS)}, got {kind!r}")
 
 
+def split_cpu(count):
+    """Makes `count` logical CPU devices; must run before TensorFlow initialises its devices."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    except RuntimeError:
+        if len(tf.config.list_logical_devices("CPU")) != count:
+            raise ConfigError(f"--virtual_cpus={count}: TensorFlow's devices are already "
+                              "initialised in this process") from None
+
+
 def check_batch_split(strategy, batch_size, flag="batch_size"):
     """Global batch must split evenly over the replicas; returns the per-replica batch."""
     replicas = strategy.num_replicas_in_sync
@@ -48,3 +60,23 @@ def check_batch_split(strategy, batch_size, flag="batch_size"):
         raise ConfigError(f"--{flag}={batch_size} does not split evenly over {replicas} replicas; "
                           f"use a multiple of {replicas}")
     return batch_size // replicas
+
+
+def is_chief(strategy):
+    """True on the one process that writes logs, config, results and the export."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_scratch_dir(strategy):
+    """Where a non-chief worker writes what must be written but is not kept."""
+    import tempfile
+
+    resolver = strategy.cluster_resolver
+    return tempfile.mkdtemp(prefix=f"bnreg-{resolver.task_type}-{resolver.task_id}-")

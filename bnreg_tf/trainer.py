@@ -9,13 +9,16 @@ A model dir holding a different config is refused before anything is written.
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from bnreg_tf import callbacks as cb
+from bnreg_tf import callbacks as cb, keras_fixes
 from bnreg_tf.compilation import choose_jit_compile
 from bnreg_tf.config import ConfigError, RunConfig, validate
 from bnreg_tf.data import catalog, pipeline
@@ -23,13 +26,18 @@ from bnreg_tf.diagnostics import NormMonitor
 from bnreg_tf.export import export_saved_model
 from bnreg_tf.models import build_network, native_image_size
 from bnreg_tf.schedules import make_optimizer
-from bnreg_tf.strategies import check_batch_split, make_strategy
+from bnreg_tf.strategies import (check_batch_split, is_chief, make_strategy, split_cpu,
+                                  worker_scratch_dir)
 from bnreg_tf.training import Classifier
 from efficientnet.optim import ReferenceRMSprop, average_sources
 
 # Fields that may differ when a run is resumed: where data/outputs live and how it is executed.
 RESUMABLE_FIELDS = ("data_dir", "download", "export", "model_dir", "strategy", "tpu",
-                    "eval_batch_size", "checkpoint_steps")
+                    "virtual_cpus", "eval_batch_size", "checkpoint_steps")
+
+
+def _silent(*_):
+    pass
 
 
 def _path(config, *parts):
@@ -124,6 +132,11 @@ class Run:
     train_split: str
     eval_split: str
     start_step: int = 0
+    write_dir: str = ""   # the model dir on the chief, a scratch dir on other workers
+
+    @property
+    def chief(self):
+        return self.write_dir == self.config.model_dir
 
     @property
     def averages_weights(self):
@@ -143,6 +156,8 @@ def build_run(config, strategy=None):
     """Validates, builds model/optimizer in the strategy scope, restores the latest checkpoint."""
     validate(config)
     check_model_dir(config)
+    if config.virtual_cpus and strategy is None:
+        split_cpu(config.virtual_cpus)
     strategy = strategy or make_strategy(config.strategy, config.tpu)
     check_batch_split(strategy, config.batch_size)
     check_batch_split(strategy, config.eval_batch_size, "eval_batch_size")
@@ -167,14 +182,24 @@ def build_run(config, strategy=None):
             optimizer.track_average(average_sources(network))
         trainer.compile(optimizer=optimizer, jit_compile=jit_compile_for(config, strategy))
         trainer.optimizer.build(trainer.trainable_variables)
+        # One concrete call builds the wrapper, so fit never runs Keras' symbolic build (which
+        # fails on distributed batches under MultiWorkerMirroredStrategy: bnreg_tf.keras_fixes).
+        trainer(tf.zeros([1, image_size, image_size, spec.channels]), training=False)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        keras_fixes.apply()
+    with strategy.scope():
         checkpoint = tf.train.Checkpoint(network=network, optimizer=trainer.optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, _path(config, "checkpoints"), max_to_keep=3)
+    # Every worker saves (saving may all-reduce); only the chief's copy is kept, in the model dir.
+    write_dir = config.model_dir if is_chief(strategy) else worker_scratch_dir(strategy)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"),
+                                         max_to_keep=3)
     start_step = 0
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = tf.train.latest_checkpoint(_path(config, "checkpoints"))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
         start_step = int(trainer.optimizer.iterations.numpy())
     return Run(config, strategy, trainer, network, optimizer, preprocessing, manager,
-               steps_per_epoch, train_split, eval_split, start_step)
+               steps_per_epoch, train_split, eval_split, start_step, write_dir)
 
 
 def _probe(run):
@@ -196,11 +221,16 @@ def _train_input(run, start_step):
 
 def train(config, strategy=None, log=print):
     """Trains (or resumes) the run `config` describes; returns the final results dict."""
+    if os.environ.get("BNREG_DEBUG_TB"):
+        keras.config.disable_traceback_filtering()
     run = build_run(config, strategy)
     config = run.config
-    os.makedirs(config.model_dir, exist_ok=True)
-    if not os.path.exists(_path(config, "config.json")):
+    os.makedirs(run.write_dir, exist_ok=True)
+    if run.chief and not os.path.exists(_path(config, "config.json")):
         _write_atomically(_path(config, "config.json"), config.to_json() + "\n")
+    report = log
+    if not run.chief:
+        log = _silent
     log(f"bnreg: config\n{config.to_json()}")
     start, total, spe = run.start_step, run.total_steps, run.steps_per_epoch
     guard = cb.NonFiniteGuard()
@@ -208,17 +238,19 @@ def train(config, strategy=None, log=print):
     if start < total:
         if start:
             log(f"bnreg: resuming from {run.checkpoint_manager.latest_checkpoint} (step {start})")
-        _truncate_log(_path(config, "log.csv"), start // spe)
+        log_path = os.path.join(run.write_dir, "log.csv")
+        _truncate_log(log_path, start // spe)
         callbacks = [guard, monitor, cb.RunStats(config.batch_size)]
         if run.averages_weights:
             callbacks.append(cb.AveragedEvaluation(run.optimizer))
-        callbacks += [keras.callbacks.CSVLogger(_path(config, "log.csv"), append=True),
-                      cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps),
-                      cb.ScalarSummaries(_path(config, "tensorboard"))]
+        callbacks += [keras.callbacks.CSVLogger(log_path, append=True),
+                      cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps)]
+        if run.chief:
+            callbacks.append(cb.ScalarSummaries(_path(config, "tensorboard")))
         validation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
                                            config.eval_batch_size)
         epoch, into_epoch = divmod(start, spe)
-        verbose = 2 if os.environ.get("BNREG_QUIET") is None else 0
+        verbose = 2 if os.environ.get("BNREG_QUIET") is None and run.chief else 0
         if into_epoch:  # a step checkpoint: finish that epoch first, then go on per epoch
             run.trainer.fit(_train_input(run, start), epochs=epoch + 1, initial_epoch=epoch,
                             steps_per_epoch=spe - into_epoch, validation_data=validation,
@@ -232,7 +264,19 @@ def train(config, strategy=None, log=print):
         raise cb.NonFiniteLoss(
             f"loss became non-finite at step {guard.tripped}; training stopped. Last good "
             f"checkpoint: {run.checkpoint_manager.latest_checkpoint or 'none saved yet'}")
-    return finish(run, monitor, log)
+    results = finish(run, monitor, log)
+    if not run.chief:
+        report(f"bnreg: worker done after {results['steps']} steps; trainable weights sha256 "
+               f"{results['weights_sha256']}")
+    return results
+
+
+def weights_fingerprint(network):
+    """sha256 of the trainable weights' bytes, to show that workers agree."""
+    digest = hashlib.sha256()
+    for variable in network.trainable_variables:
+        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def finish(run, monitor=None, log=print):
@@ -246,7 +290,7 @@ def finish(run, monitor=None, log=print):
         probe.set_model(run.trainer)
         final_norms = probe.measure()
         export_path = None
-        if config.export:
+        if config.export and run.chief:
             export_path = export_saved_model(run.network, run.preprocessing,
                                              _path(config, "export"))
     results = {
@@ -258,7 +302,11 @@ def finish(run, monitor=None, log=print):
         "norms": final_norms,
         "initial_norms": monitor.initial if monitor is not None else None,
         "export": export_path,
+        "weights_sha256": weights_fingerprint(run.network),
     }
+    if not run.chief:
+        shutil.rmtree(run.write_dir, ignore_errors=True)
+        return results
     _write_atomically(_path(config, "results.json"), json.dumps(results, indent=2) + "\n")
     log(f"bnreg: {run.eval_split} accuracy {results['eval_accuracy']:.4f} after "
         f"{results['steps']} steps; results in {_path(config, 'results.json')}")

@@ -45,6 +45,18 @@ class Classifier(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.cross_entropy_tracker, self.accuracy, *self.penalty_metrics]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras' symbolic build once the model and optimizer are built.
+
+        Under a strategy, Keras 3.15 takes a batch from the training iterator here (one batch
+        that training then never sees) and, under MultiWorkerMirroredStrategy, fails reducing
+        it (keras-team/keras#20585; see bnreg_tf.keras_fixes). `trainer.build_run` builds both
+        beforehand, so nothing is left to build and the data stream stays exact.
+        """
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
 

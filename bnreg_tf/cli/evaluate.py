@@ -8,6 +8,7 @@ import os
 
 from absl import flags
 
+from bnreg_tf.cli import initialize_devices
 from bnreg_tf.cli.errors import run_main
 from bnreg_tf.config import ConfigError
 
@@ -43,6 +44,7 @@ def main():
     for name in ("batch_size", "dropout_draws"):
         if FLAGS[name].value < 1:
             raise ConfigError(f"--{name}: expected an integer >= 1, got {FLAGS[name].value}")
+    initialize_devices()
     loaded = evaluate.load_saved_model(FLAGS.saved_model)
     _, split, _, _ = catalog.split_plan(FLAGS.dataset, FLAGS.holdout)
     limit = FLAGS.max_examples or None

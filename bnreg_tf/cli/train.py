@@ -5,6 +5,7 @@
 """
 from absl import flags
 
+from bnreg_tf.cli import initialize_devices
 from bnreg_tf.cli.errors import run_main
 from bnreg_tf.flags import config_from_flags, define_run_flags
 
@@ -20,10 +21,11 @@ def main():
     from bnreg_tf import trainer
 
     config = config_from_flags(FLAGS)
+    strategy = initialize_devices(config)
     if FLAGS.export_only:
-        trainer.export_from_checkpoint(config)
+        trainer.export_from_checkpoint(config, strategy)
     else:
-        trainer.train(config)
+        trainer.train(config, strategy)
     return 0
 
 

@@ -129,39 +129,41 @@ def preprocessing_for(config, image_size):
                          (config.randaugment_layers, config.randaugment_magnitude))
 
 
-def _shard(dataset, context):
-    if context is not None and context.num_input_pipelines > 1:
-        return dataset.shard(context.num_input_pipelines, context.input_pipeline_id)
-    return dataset
-
-
 def train_dataset(config, preprocessing, split, steps_per_epoch, batch_size, start_step=0,
                   context=None):
     """`(images, labels)` batches of `batch_size` (per replica) for the run's steps from `start_step`.
 
-    Epoch e is `steps_per_epoch` batches of a shuffle seeded by (seed, e) (a Python seed per
-    epoch: tf.data takes no tensor seed), and each example's augmentation seed is
-    (seed, e * 2^32 + index). The epochs are joined with `choose_from_datasets`, and the
-    augmentation runs once over the joined stream.
+    One global stream, the same on every worker: epoch e is `steps_per_epoch` global batches of a
+    shuffle seeded by (seed, e) (a Python seed per epoch: tf.data takes no tensor seed), and each
+    example's augmentation seed is (seed, e * 2^32 + index). Under a multi-worker `context`,
+    worker w keeps every W-th example of that stream, so the examples of global step k are
+    exactly those a single device would train on at step k, whatever the number of workers
+    and replicas (each worker reads and shuffles the whole split; it augments only its own).
     """
-    base = _shard(catalog.load(config.dataset, split, config.data_dir, config.download), context)
-    base = base.enumerate()
-    per_epoch = int(steps_per_epoch) * int(batch_size)
-    start_epoch, skip_batches = divmod(int(start_step), int(steps_per_epoch))
+    pipelines = context.num_input_pipelines if context else 1
+    # This pipeline feeds every replica of its worker: a step takes one batch per replica.
+    replicas = context.num_replicas_in_sync // pipelines if context else 1
+    global_per_step = int(batch_size) * replicas * pipelines
+    per_epoch = int(steps_per_epoch) * global_per_step
+    start_epoch, skip_steps = divmod(int(start_step), int(steps_per_epoch))
     epochs = range(start_epoch, max(start_epoch + 1, config.epochs))
+    base = catalog.load(config.dataset, split, config.data_dir, config.download).enumerate()
 
     def epoch(e):
         examples = base.shuffle(min(SHUFFLE_BUFFER, per_epoch), seed=config.seed * 1_000_003 + e,
                                 reshuffle_each_iteration=False).repeat().take(per_epoch)
-        if e == start_epoch and skip_batches:
-            examples = examples.skip(skip_batches * batch_size)
+        if e == start_epoch and skip_steps:
+            examples = examples.skip(skip_steps * global_per_step)
         return examples.map(lambda index, example: (tf.constant(e, tf.int64), index, example))
 
     choice = tf.data.Dataset.from_tensor_slices(tf.constant(
-        [per_epoch - (skip_batches * batch_size if e == start_epoch else 0) for e in epochs], tf.int64))
+        [per_epoch - (skip_steps * global_per_step if e == start_epoch else 0) for e in epochs],
+        tf.int64))
     choice = choice.enumerate().flat_map(
         lambda position, count: tf.data.Dataset.from_tensors(position).repeat(count))
     stream = tf.data.Dataset.choose_from_datasets([epoch(e) for e in epochs], choice)
+    if pipelines > 1:
+        stream = stream.shard(pipelines, context.input_pipeline_id)
     seed = tf.constant(config.seed, tf.int64)
 
     def augment(e, index, example):

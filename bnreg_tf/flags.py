@@ -14,11 +14,12 @@ _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFI
            str: flags.DEFINE_string}
 
 
-def define_run_flags(flag_values=flags.FLAGS, default_preset="digits"):
-    """Defines `--preset` and one flag per RunConfig field on `flag_values`."""
-    flags.DEFINE_string("preset", default_preset,
-                        f"Paper experiment to start from: {', '.join(PRESETS)}",
-                        flag_values=flag_values)
+def define_run_flags(flag_values=flags.FLAGS, default_preset="digits", with_preset=True):
+    """Defines `--preset` (unless `with_preset=False`) and one flag per RunConfig field."""
+    if with_preset:
+        flags.DEFINE_string("preset", default_preset,
+                            f"Paper experiment to start from: {', '.join(PRESETS)}",
+                            flag_values=flag_values)
     for field in dataclasses.fields(RunConfig):
         kind = {"bool": bool, "int": int, "float": float, "str": str}.get(field.type, field.type)
         default = getattr(PRESETS[default_preset], field.name)
@@ -26,9 +27,13 @@ def define_run_flags(flag_values=flags.FLAGS, default_preset="digits"):
                       flag_values=flag_values)
 
 
+def given_run_fields(flag_values=flags.FLAGS):
+    """`{field: value}` of the RunConfig flags given on the command line."""
+    return {field.name: flag_values[field.name].value for field in dataclasses.fields(RunConfig)
+            if flag_values[field.name].present}
+
+
 def config_from_flags(flag_values=flags.FLAGS, **forced):
     """The preset with every explicitly given flag applied, validated."""
     config = preset(flag_values.preset)
-    given = {field.name: flag_values[field.name].value for field in dataclasses.fields(RunConfig)
-             if flag_values[field.name].present}
-    return validate(config.replace(**{**given, **forced}))
+    return validate(config.replace(**{**given_run_fields(flag_values), **forced}))

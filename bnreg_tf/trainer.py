@@ -219,10 +219,11 @@ def _train_input(run, start_step):
     return run.strategy.distribute_datasets_from_function(input_fn)
 
 
-def train(config, strategy=None, log=print):
-    """Trains (or resumes) the run `config` describes; returns the final results dict."""
-    if os.environ.get("BNREG_DEBUG_TB"):
-        keras.config.disable_traceback_filtering()
+def train(config, strategy=None, log=print, verbose=None):
+    """Trains (or resumes) the run `config` describes; returns the final results dict.
+
+    `verbose`: Keras' progress output (default 2, one line per epoch; 0 when BNREG_QUIET is set).
+    """
     run = build_run(config, strategy)
     config = run.config
     os.makedirs(run.write_dir, exist_ok=True)
@@ -235,6 +236,14 @@ def train(config, strategy=None, log=print):
     start, total, spe = run.start_step, run.total_steps, run.steps_per_epoch
     guard = cb.NonFiniteGuard()
     monitor = NormMonitor(_probe(run))
+    monitor.set_model(run.trainer)
+    initial_path = _path(config, "initial_norms.json")
+    if start == 0 and run.chief:
+        monitor.initial = monitor.measure()
+        _write_atomically(initial_path, json.dumps(monitor.initial, indent=2) + "\n")
+    elif os.path.exists(initial_path):
+        with open(initial_path) as f:
+            monitor.initial = json.load(f)
     if start < total:
         if start:
             log(f"bnreg: resuming from {run.checkpoint_manager.latest_checkpoint} (step {start})")
@@ -250,7 +259,9 @@ def train(config, strategy=None, log=print):
         validation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
                                            config.eval_batch_size)
         epoch, into_epoch = divmod(start, spe)
-        verbose = 2 if os.environ.get("BNREG_QUIET") is None and run.chief else 0
+        if verbose is None:
+            verbose = 2 if os.environ.get("BNREG_QUIET") is None else 0
+        verbose = verbose if run.chief else 0
         if into_epoch:  # a step checkpoint: finish that epoch first, then go on per epoch
             run.trainer.fit(_train_input(run, start), epochs=epoch + 1, initial_epoch=epoch,
                             steps_per_epoch=spe - into_epoch, validation_data=validation,
@@ -279,7 +290,7 @@ def weights_fingerprint(network):
     return digest.hexdigest()
 
 
-def finish(run, monitor=None, log=print):
+def finish(run, monitor, log=print):
     """Final evaluation (averaged weights where the recipe has them), results.json and export."""
     config = run.config
     evaluation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
@@ -300,7 +311,7 @@ def finish(run, monitor=None, log=print):
         "steps": int(run.trainer.optimizer.iterations.numpy()),
         "epochs": config.epochs,
         "norms": final_norms,
-        "initial_norms": monitor.initial if monitor is not None else None,
+        "initial_norms": monitor.initial,
         "export": export_path,
         "weights_sha256": weights_fingerprint(run.network),
     }

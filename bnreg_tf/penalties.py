@@ -41,7 +41,9 @@ def standardization_kl(x, epsilon=1e-5):
     x = ops.cast(x, "float32")
     axes = tuple(range(len(x.shape) - 1))
     mean = ops.mean(x, axis=axes)
-    var = ops.mean(ops.square(x - mean), axis=axes)
+    # The mean's gradient through the variance is sum(x - mean) = 0 times something, so it is
+    # stopped (as tf.nn.moments does): same value and gradient, one backward path fewer.
+    var = ops.mean(ops.square(x - ops.stop_gradient(mean)), axis=axes)
     return 0.5 * ops.sum(ops.square(mean) + var - ops.log(var + epsilon) - 1.0)
 
 

@@ -63,6 +63,23 @@ def test_embedding_l2_gradient_is_2e_over_bh(rng):
     np.testing.assert_allclose(tape.gradient(value, e), 2 * e.numpy() / (6 * 9), rtol=1e-5)
 
 
+def test_standardization_kl_gradient_matches_the_closed_form(rng):
+    # d/dx of 1/2 (mu^2 + s^2 - log(s^2 + eps) - 1) per channel, N values per channel:
+    # mu / N + (1 - 1 / (s^2 + eps)) (x - mu) / N
+    x = rng.normal(size=(4, 3, 5, 6)) * rng.uniform(0.2, 3.0, size=6) + rng.normal(size=6)
+    eps = 1e-5
+    tensor = tf.constant(x, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        value = penalties.standardization_kl(tensor, epsilon=eps)
+    got = tape.gradient(value, tensor).numpy()
+    n = x.size / x.shape[-1]
+    mu = x.mean(axis=(0, 1, 2))
+    var = x.var(axis=(0, 1, 2))
+    want = mu / n + (1 - 1 / (var + eps)) * (x - mu) / n
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_penalties_reduce_in_float32(rng, dtype):
     x = rng.normal(size=(4, 8)).astype(np.float32)

@@ -5,26 +5,12 @@ uint8 images, then batch 32; images/s over `count` images after one warm-up pass
 has 11 ops and a factor in [0, 1] instead of M; it gets `factor = M / 30` (its maximum at M = 30),
 so the comparison is at a comparable distortion strength, not the same algorithm.
 """
-import time
-
 import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.timing import map_images_per_second
 from efficientnet.augment_ops import randaugment
-
-
-def _rate(images, augment, count):
-    dataset = (tf.data.Dataset.from_tensor_slices(images).repeat()
-               .enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(32).prefetch(tf.data.AUTOTUNE))
-    iterator = iter(dataset)
-    next(iterator)
-    batches = max(1, count // 32)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return batches * 32 / (time.perf_counter() - start)
 
 
 def rows(image_sizes=(224, 32), magnitudes=(10, 28), count=640, seed=0):
@@ -35,7 +21,7 @@ def rows(image_sizes=(224, 32), magnitudes=(10, 28), count=640, seed=0):
         for magnitude in magnitudes:
             layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
                                              factor=magnitude / 30, seed=seed)
-            theirs = _rate(images, lambda i, im: tf.cast(layer(im), tf.uint8), count)
-            ours = _rate(images, lambda i, im, m=magnitude: randaugment(
+            theirs = map_images_per_second(images, lambda i, im: tf.cast(layer(im), tf.uint8), count)
+            ours = map_images_per_second(images, lambda i, im, m=magnitude: randaugment(
                 im, 2, m, tf.stack([i, tf.constant(seed, tf.int64)])), count)
             yield size, magnitude, theirs, ours, ours / theirs

@@ -1,13 +1,20 @@
-"""Runs the benchmarks and prints markdown tables (paste into BUILD_NOTES.md).
+"""Runs every benchmark and writes one markdown report (the tables in BUILD_NOTES.md).
 
-    python -m benchmarks.run [--image_size 64] [--batch_size 32] [--steps 10] [--only resnet,...]
+    python -m benchmarks.run [--output reports/benchmarks.md] [--only resnet,penalties,...]
+        [--image_size 64] [--batch_size 32] [--steps 10]
 """
 import argparse
+import contextlib
+import io
+import os
+import sys
+import time
 
-from benchmarks import efficientnet_throughput, randaugment_throughput, resnet_throughput
+from benchmarks import (efficientnet_throughput, input_pipeline, memory, penalty_overhead,
+                        randaugment_throughput, resnet_throughput)
 from benchmarks.timing import machine, matmul_peak_gflops
 
-SECTIONS = ("resnet", "efficientnet", "randaugment")
+SECTIONS = ("resnet", "efficientnet", "randaugment", "penalties", "pipeline", "memory")
 
 
 def resnet_section(args, peak):
@@ -38,6 +45,31 @@ def randaugment_section(args, peak):
         print(f"| {size} | {magnitude} | {theirs:.0f} | {ours:.0f} | {ratio:.1f}x |")
 
 
+def penalties_section(args, peak):
+    print(f"\n### Penalty overhead on a training step, batch {args.batch_size}\n")
+    print("| model | penalty | images/s | slower than without |")
+    print("|---|---|---:|---:|")
+    for model, label, rate, slowdown in penalty_overhead.rows(args.image_size, args.batch_size,
+                                                              args.steps):
+        print(f"| {model} | {label} | {rate:.1f} | {100 * slowdown:+.1f}% |")
+
+
+def pipeline_section(args, peak):
+    print("\n### Input pipeline vs model consumption, images/s\n")
+    print("| pipeline | images/s | consumer | images/s | pipeline / consumer |")
+    print("|---|---:|---|---:|---:|")
+    for name, rate, consumer, consumed, ratio in input_pipeline.rows(args.batch_size):
+        print(f"| {name} | {rate:.0f} | {consumer} | {consumed:.1f} | {ratio:.1f}x |")
+
+
+def memory_section(args, peak):
+    print(f"\n### Peak resident memory of a short training run, batch {args.batch_size}\n")
+    print("| run | peak RSS (MB) |")
+    print("|---|---:|")
+    for label, megabytes in memory.rows(args.batch_size):
+        print(f"| {label} | {megabytes:.0f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image_size", type=int, default=64)
@@ -45,15 +77,37 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--output", default="reports/benchmarks.md",
+                        help="markdown file the tables are written to (also printed)")
     args = parser.parse_args()
     chosen = [s for s in args.only.split(",") if s]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"--only: unknown section(s) {unknown}; expected a subset of {SECTIONS}")
-    peak = matmul_peak_gflops()
-    print(f"Machine: {machine()}; float32 matmul peak {peak:.0f} GFLOP/s\n")
-    for section in chosen:
-        globals()[f"{section}_section"](args, peak)
+    buffer = io.StringIO()
+    tee = _Tee(sys.stdout, buffer)
+    start = time.time()
+    with contextlib.redirect_stdout(tee):
+        peak = matmul_peak_gflops()
+        print(f"Machine: {machine()}; float32 matmul peak {peak:.0f} GFLOP/s")
+        print(f"Command: python -m benchmarks.run {' '.join(sys.argv[1:])}".rstrip())
+        for section in chosen:
+            globals()[f"{section}_section"](args, peak)
+        print(f"\n({(time.time() - start) / 60:.1f} min)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write(buffer.getvalue())
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for stream in self.streams:
+            stream.write(text)
+            stream.flush()
+        return len(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""Peak resident memory of a short training run per benchmarked model (one subprocess each).
+
+Issue 7's benchmark. Each child process builds the model, runs a few `train_on_batch` steps and
+reports its peak resident set (`VmHWM` of /proc/self/status; `ru_maxrss` would carry over the
+parent's peak across fork+exec on Linux). A child that only imports TensorFlow and Keras gives
+the baseline. Linux only.
+"""
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import json, sys
+import numpy as np
+spec = json.loads(sys.argv[1])
+import keras
+if spec["model"] != "baseline":
+    from benchmarks.timing import interleaved_throughput
+    if spec["family"] == "resnet":
+        import resnet
+        model = resnet.build_model(spec["model"], num_classes=spec["classes"],
+                                   input_shape=tuple(spec["shape"]), norm=spec["norm"])
+    elif spec["family"] == "efficientnet":
+        import efficientnet
+        model = efficientnet.build_model(spec["model"], num_classes=spec["classes"],
+                                         input_shape=tuple(spec["shape"]))
+    else:
+        model = keras.applications.ResNet50(weights=None, input_shape=tuple(spec["shape"]),
+                                            classes=spec["classes"], classifier_activation=None)
+    interleaved_throughput([model], spec["batch"], spec["classes"], steps=3, warmup=1, rounds=1)
+with open("/proc/self/status") as status:
+    peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"peak_mb": peak_kb / 1024}))
+"""
+
+MODELS = (
+    dict(label="TensorFlow + Keras imported (baseline)", model="baseline"),
+    dict(label="wrn16_4 batchnorm, 32 px", family="resnet", model="wrn16_4", norm="batchnorm",
+         shape=[32, 32, 3], classes=10),
+    dict(label="resnet50 batchnorm, 64 px", family="resnet", model="resnet50", norm="batchnorm",
+         shape=[64, 64, 3], classes=1000),
+    dict(label="keras.applications.ResNet50, 64 px", family="keras", model="resnet50",
+         shape=[64, 64, 3], classes=1000),
+    dict(label="efficientnet b0, 64 px", family="efficientnet", model="b0", shape=[64, 64, 3],
+         classes=1000),
+)
+
+
+def rows(batch_size=32):
+    """Yields `(run, peak RSS in MB)` rows."""
+    for spec in MODELS:
+        result = subprocess.run([sys.executable, "-c", CHILD, json.dumps({**spec, "batch": batch_size})],
+                                capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            raise RuntimeError(f"memory benchmark of {spec['label']} failed: "
+                               f"{result.stderr.strip().splitlines()[-1:]}")
+        yield spec["label"], json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]

@@ -19,7 +19,7 @@ SECTIONS = ("resnet", "efficientnet", "randaugment", "penalties", "pipeline", "m
 
 def resnet_section(args, peak):
     print(f"### Training step, batch {args.batch_size}, ResNet-50 at {args.image_size} px "
-          f"(median of {args.steps} steps after 3 warm-up)\n")
+          f"(best of 3 alternating rounds, median of {args.steps} steps each)\n")
     print("| model | train GFLOP/image | images/s | GFLOP/s | % of matmul peak | ratio |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, flops, rate, gflops, ratio in resnet_throughput.rows(

@@ -151,3 +151,34 @@ def test_finished_run_is_not_trained_again(tmp_path):
         assert len(f.read().strip().splitlines()) == 2  # header + one epoch, not repeated
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["steps_per_epoch"] == 3
+
+
+def test_export_holds_the_averaged_weights_when_the_recipe_averages(tmp_path):
+    # A fast average (decay 0.5) so that averaged and raw weights differ clearly.
+    config = _config(model_dir=str(tmp_path / "run"), epochs=1, steps_per_epoch=4,
+                     optimizer="rmsprop_reference", learning_rate=0.01, ema_decay=0.5)
+    results = trainer.train(config, log=lambda *_: None)
+    loaded = tf.saved_model.load(results["export"])
+    images, _ = digits_arrays("test")
+    exported = loaded.serve(tf.constant(images[:16]))["logits"].numpy()
+    run = trainer.build_run(config)  # restores the last checkpoint, EMA shadows included
+    inputs = run.preprocessing.evaluate_batch(tf.constant(images[:16]))
+    raw = run.network(inputs, training=False)["logits"].numpy()
+    with run.averaged():
+        averaged = run.network(inputs, training=False)["logits"].numpy()
+    np.testing.assert_allclose(exported, averaged, rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(raw - averaged)) > 1e-3
+
+
+def test_export_only_rebuilds_the_export_from_the_checkpoint(tmp_path):
+    config = _config(model_dir=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, export=False)
+    trainer.train(config, log=lambda *_: None)
+    assert not os.path.exists(tmp_path / "run" / "export")
+    path = trainer.export_from_checkpoint(config, log=lambda *_: None)
+    loaded = tf.saved_model.load(path)
+    images, _ = digits_arrays("test")
+    run = trainer.build_run(config)
+    want = run.network(run.preprocessing.evaluate_batch(tf.constant(images[:8])),
+                       training=False)["logits"].numpy()
+    np.testing.assert_allclose(loaded.serve(tf.constant(images[:8]))["logits"].numpy(), want,
+                               rtol=1e-5, atol=1e-6)

@@ -11,7 +11,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,6 @@
 
 Every bnreg-train flag (except --preset and --model_dir) is passed through to each run.
 """
-import dataclasses
 import os
 import platform
 import sys
@@ -17,7 +16,7 @@ from absl import flags
 
 from bnreg_tf.cli import initialize_devices
 from bnreg_tf.cli.errors import run_main
-from bnreg_tf.config import ConfigError, RunConfig
+from bnreg_tf.config import ConfigError
 
 FLAGS = flags.FLAGS
 

@@ -5,6 +5,20 @@ silent, the value is the standard one of the recipe the paper cites, marked "ass
 """
 from bnreg_tf.config import RunConfig
 
+def _efficientnet_imagenet(variant, randaugment_magnitude):
+    """The TPU reference recipe: batch 2048, 350 epochs, RMSProp (0.9, 0.9, 1e-3), LR 0.016 *
+    batch / 256, 5 warm-up epochs, x0.97 every 2.4 epochs, EMA 0.9999, label smoothing 0.1,
+    wd 1e-5 on non-BN variables, the variant's reference Dropout, drop-connect 0.2, holdout."""
+    return RunConfig(
+        model=f"efficientnet_{variant}", dataset="imagenet2012", holdout=True, epochs=350,
+        batch_size=2048, optimizer="rmsprop_reference", learning_rate=0.016,
+        lr_reference_batch=256, schedule="efficientnet", warmup_epochs=5, decay_epochs="2.4",
+        decay_rate=0.97, momentum=0.9, weight_decay=1e-5, weight_decay_exclude="batchnorm",
+        label_smoothing=0.1, ema_decay=0.9999, dropout=-1, survival_prob=0.8,
+        augment="randaugment", randaugment_layers=2,
+        randaugment_magnitude=randaugment_magnitude, eval_batch_size=1024)
+
+
 PRESETS = {
     # Offline default: WRN-10-1 on scikit-learn's 8x8 digits (about 30 s on 2 CPU cores).
     "digits": RunConfig(
@@ -31,27 +45,11 @@ PRESETS = {
         weight_decay_exclude="batchnorm_and_bias", augment="goyal", precision="float32",
         eval_batch_size=500),
     # EfficientNet-B8 per the TPU reference + RandAugment (N=2, M=28), early stopping on the
-    # 25,022 held-out images: batch 2048, 350 epochs, RMSProp (0.9, 0.9, 1e-3), LR 0.016 * batch
-    # / 256, 5 warm-up epochs, x0.97 every 2.4 epochs, EMA 0.9999, label smoothing 0.1, wd 1e-5
-    # on non-BN variables, the variant's reference Dropout (0.5), drop-connect 0.2.
-    "efficientnet_b8_imagenet": RunConfig(
-        model="efficientnet_b8", dataset="imagenet2012", holdout=True, epochs=350,
-        batch_size=2048, optimizer="rmsprop_reference", learning_rate=0.016,
-        lr_reference_batch=256, schedule="efficientnet", warmup_epochs=5, decay_epochs="2.4",
-        decay_rate=0.97, momentum=0.9, weight_decay=1e-5, weight_decay_exclude="batchnorm",
-        label_smoothing=0.1, ema_decay=0.9999, dropout=-1, survival_prob=0.8,
-        augment="randaugment", randaugment_layers=2, randaugment_magnitude=28,
-        eval_batch_size=1024),
+    # 25,022 held-out images (see _efficientnet_imagenet).
+    "efficientnet_b8_imagenet": _efficientnet_imagenet("b8", randaugment_magnitude=28),
     # The same recipe on B0 for smaller hardware; RandAugment at the reference's flag defaults
     # (N=2, M=10): assumed.
-    "efficientnet_b0_imagenet": RunConfig(
-        model="efficientnet_b0", dataset="imagenet2012", holdout=True, epochs=350,
-        batch_size=2048, optimizer="rmsprop_reference", learning_rate=0.016,
-        lr_reference_batch=256, schedule="efficientnet", warmup_epochs=5, decay_epochs="2.4",
-        decay_rate=0.97, momentum=0.9, weight_decay=1e-5, weight_decay_exclude="batchnorm",
-        label_smoothing=0.1, ema_decay=0.9999, dropout=-1, survival_prob=0.8,
-        augment="randaugment", randaugment_layers=2, randaugment_magnitude=10,
-        eval_batch_size=1024),
+    "efficientnet_b0_imagenet": _efficientnet_imagenet("b0", randaugment_magnitude=10),
 }
 
 

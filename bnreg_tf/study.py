@@ -156,10 +156,7 @@ def run_one(spec):
         keras.backend.clear_session()
     record["seconds"] = time.time() - start
     if record["status"] == "ok":
-        os.makedirs(spec.config.model_dir, exist_ok=True)
-        with open(f"{record_path}.partial", "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(f"{record_path}.partial", record_path)
+        trainer.write_atomically(record_path, json.dumps(record, indent=2))
     return record
 
 

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -70,7 +71,8 @@ def check_model_dir(config):
     return True
 
 
-def _write_atomically(path, text):
+def write_atomically(path, text):
+    """Writes `text` beside `path` and renames it into place (a kill never leaves half a file)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     staging = f"{path}.partial"
     with open(staging, "w") as f:
@@ -90,9 +92,9 @@ def _truncate_log(path, first_epoch_to_drop):
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < first_epoch_to_drop]
     if len(kept) != len(rows):
-        with open(f"{path}.partial", "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-        os.replace(f"{path}.partial", path)
+        text = io.StringIO()
+        csv.writer(text).writerows(kept)
+        write_atomically(path, text.getvalue())
 
 
 def set_precision(config, strategy):
@@ -228,7 +230,7 @@ def train(config, strategy=None, log=print, verbose=None):
     config = run.config
     os.makedirs(run.write_dir, exist_ok=True)
     if run.chief and not os.path.exists(_path(config, "config.json")):
-        _write_atomically(_path(config, "config.json"), config.to_json() + "\n")
+        write_atomically(_path(config, "config.json"), config.to_json() + "\n")
     report = log
     if not run.chief:
         log = _silent
@@ -240,7 +242,7 @@ def train(config, strategy=None, log=print, verbose=None):
     initial_path = _path(config, "initial_norms.json")
     if start == 0 and run.chief:
         monitor.initial = monitor.measure()
-        _write_atomically(initial_path, json.dumps(monitor.initial, indent=2) + "\n")
+        write_atomically(initial_path, json.dumps(monitor.initial, indent=2) + "\n")
     elif os.path.exists(initial_path):
         with open(initial_path) as f:
             monitor.initial = json.load(f)
@@ -297,7 +299,7 @@ def finish(run, monitor, log=print):
                                        config.eval_batch_size)
     with run.averaged():
         metrics = run.trainer.evaluate(evaluation, verbose=0, return_dict=True)
-        probe = NormMonitor(_probe(run))
+        probe = NormMonitor(monitor.probe)
         probe.set_model(run.trainer)
         final_norms = probe.measure()
         export_path = None
@@ -318,7 +320,7 @@ def finish(run, monitor, log=print):
     if not run.chief:
         shutil.rmtree(run.write_dir, ignore_errors=True)
         return results
-    _write_atomically(_path(config, "results.json"), json.dumps(results, indent=2) + "\n")
+    write_atomically(_path(config, "results.json"), json.dumps(results, indent=2) + "\n")
     log(f"bnreg: {run.eval_split} accuracy {results['eval_accuracy']:.4f} after "
         f"{results['steps']} steps; results in {_path(config, 'results.json')}")
     return results

@@ -31,7 +31,7 @@ def define_flags():
 
 
 def main():
-    from bnreg_tf import evaluate
+    from bnreg_tf import evaluate, trainer
     from bnreg_tf.data import catalog, pipeline
 
     if not FLAGS.saved_model:
@@ -57,9 +57,7 @@ def main():
         results["cifar10_c"] = evaluate.cifar10_c(loaded, FLAGS.data_dir, FLAGS.batch_size, limit)
     output = FLAGS.output or os.path.join(os.path.dirname(os.path.abspath(FLAGS.saved_model)),
                                           f"eval_{FLAGS.dataset}.json")
-    with open(f"{output}.partial", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(f"{output}.partial", output)
+    trainer.write_atomically(output, json.dumps(results, indent=2))
     print(evaluate.format_report(results))
     print(f"bnreg-eval: wrote {output}")
     return 0

@@ -67,7 +67,7 @@ def manual_dir(data_dir):
                         "manual")
 
 
-def load(name, split, data_dir="", download=False, shuffle_files=False, read_config=None):
+def load(name, split, data_dir="", download=False):
     """An unbatched dataset of `{"image": uint8 [H, W, C], "label": int64}` for `split`.
 
     `digits` comes from scikit-learn; everything else from TFDS. Missing TFDS data raises
@@ -82,11 +82,10 @@ def load(name, split, data_dir="", download=False, shuffle_files=False, read_con
             dataset = dataset.concatenate(part)
         return dataset.map(lambda ex: {"image": ex["image"], "label": ex["label"]},
                            num_parallel_calls=tf.data.AUTOTUNE)
-    return load_tfds(name, split, data_dir, download, shuffle_files, read_config)
+    return load_tfds(name, split, data_dir, download)
 
 
-def load_tfds(tfds_name, split, data_dir="", download=False, shuffle_files=False,
-              read_config=None):
+def load_tfds(tfds_name, split, data_dir="", download=False):
     import tensorflow_datasets as tfds
 
     data_dir = data_dir or None
@@ -100,7 +99,7 @@ def load_tfds(tfds_name, split, data_dir="", download=False, shuffle_files=False
     absl_logging.set_verbosity(absl_logging.ERROR)  # tfds warns about empty folders first
     try:
         dataset = tfds.load(tfds_name, split=split, data_dir=data_dir, download=download,
-                            shuffle_files=shuffle_files, read_config=read_config, **kwargs)
+                            **kwargs)
     except Exception as error:  # tfds raises AssertionError, FileNotFoundError, ...
         where = data_dir or "~/tensorflow_datasets"
         if tfds_name.startswith("imagenet2012"):

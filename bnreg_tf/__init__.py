@@ -10,7 +10,7 @@ import importlib
 
 _ATTRIBUTES = {
     "NormMonitor": "bnreg_tf.diagnostics",
-    "choose_jit_compile": "bnreg_tf.compilation",
+    "choose_jit_compile": "bnreg_tf.strategies",
     "make_strategy": "bnreg_tf.strategies",
     "regularize": "bnreg_tf.regularization",
 }

@@ -127,3 +127,24 @@ class ScalarSummaries(keras.callbacks.Callback):
                     continue
                 tf.summary.write(key, tf.constant(value, tf.float32), metadata=self.METADATA)
         self.writer.flush()
+
+
+class RestoreEpochMetrics(keras.callbacks.Callback):
+    """Puts back the checkpointed running means of an epoch resumed mid-way.
+
+    `fit` resets the metrics before each epoch's `on_epoch_begin`; this callback (first in the
+    list) then assigns the values the step checkpoint held, so the resumed epoch's logged loss
+    and accuracy average all its steps, as an unbroken epoch's do.
+    """
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.values is None:
+            return
+        variables = [v for m in self.model.metrics for v in m.variables]
+        for variable, value in zip(variables, self.values, strict=True):
+            variable.assign(value)
+        self.values = None

@@ -184,5 +184,7 @@ def validate(config):
                  config.decay_epochs)
     _require(config.augment != "randaugment" or DATASETS[config.dataset].channels == 3,
              "augment", "an RGB dataset for randaugment", config.dataset)
+    _require(isinstance(config.seed, int) and 0 <= config.seed < 2 ** 32, "seed",
+             "an integer in [0, 2^32)", config.seed)
     _require(bool(config.model_dir), "model_dir", "a directory path", config.model_dir)
     return config

@@ -49,7 +49,11 @@ def export_saved_model(network, preprocessing, path):
     path = os.path.abspath(path)
     staging, previous = f"{path}.partial", f"{path}.previous"
     shutil.rmtree(staging, ignore_errors=True)
-    archive.write_out(staging, verbose=False)
+    try:
+        archive.write_out(staging, verbose=False)
+    except BaseException:  # a full disk or a signal: leave no half-written SavedModel behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if os.path.exists(path):
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(path, previous)

@@ -5,11 +5,14 @@ reports medians of seeds (Tables 1-2); test-time-dropout drop (Table 3); CIFAR-1
 data is CIFAR-10 (Table 2); the probe norms E||Emb||^2 and E||NN||^2 at the end of training.
 """
 import csv
+import io
 import json
 import os
 import warnings
 
 import numpy as np
+
+from bnreg_tf.rundir import write_atomically
 
 METRICS = (  # (record key, column title, format)
     ("test_accuracy", "test acc", "{:.4f}"),
@@ -43,7 +46,8 @@ def summary_rows(records):
     for (variant, coefficient), group in _groups(records).items():
         ok = [r for r in group if r["status"] == "ok"]
         row = {"variant": variant, "coefficient": coefficient, "seeds": len(ok),
-               "failed": [f"{r['run']}: {r['error']}" for r in group if r["status"] != "ok"]}
+               "failed": [f"{r['run']}: {r['error']}" for r in group if r["status"] == "failed"],
+               "pending": [r["run"] for r in group if r["status"] in ("pending", "busy")]}
         for key, _, _ in METRICS:
             row[key] = [r[key] for r in ok if r.get(key) is not None]
         rows.append(row)
@@ -58,7 +62,8 @@ def main_table(records):
              "|---|---:|---:|" + "---:|" * len(keys)]
     for row in rows:
         coefficient = f"{row['coefficient']:g}" if row["coefficient"] else "–"
-        seeds = f"{row['seeds']}" + (f" ({len(row['failed'])} failed)" if row["failed"] else "")
+        seeds = f"{row['seeds']}" + (f" ({len(row['failed'])} failed)" if row["failed"] else "") \
+            + (f" ({len(row['pending'])} pending)" if row["pending"] else "")
         cells = [_cell(row[key], fmt) for key, _, fmt in keys]
         lines.append(f"| {row['variant']} | {coefficient} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -69,14 +74,15 @@ def write_tables(records, output_dir):
     fields = ["run", "variant", "coefficient", "seed", "status", "test_accuracy", "val_accuracy",
               "cifar10_c", "dropout_accuracy", "dropout_drop", "embedding_norm_sq",
               "output_norm_sq", "steps", "seconds", "error"]
-    with open(os.path.join(output_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for record in records:
-            writer.writerow({k: record.get(k, "") for k in fields})
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump([{k: v for k, v in r.items() if k != "traceback"} for r in records], f,
-                  indent=2)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: record.get(k, "") for k in fields})
+    write_atomically(os.path.join(output_dir, "results.csv"), text.getvalue())
+    write_atomically(os.path.join(output_dir, "results.json"), json.dumps(
+        [{k: v for k, v in r.items() if k not in ("traceback", "skipped")} for r in records],
+        indent=2))
 
 
 def _median_curve(group, key):
@@ -166,13 +172,41 @@ def write_report(records, output_dir, header):
             figure_coefficients(records, os.path.join(output_dir, "coefficients.png"))
             figures.append(("Figure 3: against the coefficient", "coefficients.png"))
     lines = [header, "", "## Results (median [min, max] over seeds)", "", main_table(records), ""]
-    failed = [r for r in records if r["status"] != "ok"]
+    failed = [r for r in records if r["status"] == "failed"]
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{r['run']}`: {r['error']}" for r in failed] + [""]
+    pending = [r for r in records if r["status"] in ("pending", "busy")]
+    if pending:
+        lines += ["## Pending runs", "", f"{len(pending)} of {len(records)} runs have not "
+                  "finished (other shards, or still training): " +
+                  ", ".join(f"`{r['run']}`" for r in pending), ""]
     for title, name in figures:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     lines += ["Per-run numbers: `results.csv`, `results.json` (with the curves).", ""]
     path = os.path.join(output_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    write_atomically(path, "\n".join(lines))
     return path
+
+
+def header(study, command, records, wall_seconds, report_only=False):
+    """The report's opening: what ran, on which data, model, seeds and hardware, how long."""
+    import platform
+
+    import tensorflow as tf
+
+    base = study.base
+    skipped = sum(1 for r in records if r.get("skipped"))
+    ran = "built from finished runs only (--report_only)" if report_only else \
+        f"{wall_seconds / 60:.1f} min for this invocation ({skipped} runs reused as finished)"
+    return "\n".join([
+        f"# bnreg study: {study.name}", "",
+        f"- command: `{command}`",
+        f"- training preset: `{study.preset.training_preset}`, dataset `{base.dataset}`, model "
+        f"`{base.model}`, {base.epochs} epochs, batch {base.batch_size}",
+        "- trained on the training split minus the paper's holdout; val acc = holdout, "
+        "test acc = test split through the exported SavedModel",
+        f"- seeds: {', '.join(map(str, study.seeds))}; variants: {', '.join(study.variants)}"
+        + (f"; coefficients: {', '.join(f'{c:g}' for c in study.sweep)}" if study.sweep else ""),
+        f"- hardware: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{len(tf.config.list_physical_devices('GPU'))} GPU; TF {tf.__version__}",
+        f"- wall time: {ran}"])

@@ -1,10 +1,11 @@
-"""`train(config)`: one run from a RunConfig, resumable, ending in an evaluation and a SavedModel.
+"""`train(config, strategy)`: one run from a RunConfig, resumable, ending in an evaluation and a SavedModel.
 
-Model dir layout: `config.json` (the resolved config), `checkpoints/` (tf.train.CheckpointManager:
-model, optimizer with its slots and EMA, step counter), `log.csv` (one row per epoch: loss,
-accuracy, each penalty, validation metrics, NormMonitor norms, learning rate, images/s),
+Model dir layout: `config.json` (the resolved config: the run's identity), `bnreg.lock` (the one
+writer's lock, `bnreg_tf.rundir`), `checkpoints/` (tf.train.CheckpointManager: model, optimizer
+with its slots and EMA, the epoch's running training metrics), `log.csv` (one row per epoch:
+loss, accuracy, each penalty, validation metrics, NormMonitor norms, learning rate, images/s),
 `tensorboard/`, `results.json` (final evaluation) and `export/` (the SavedModel).
-A model dir holding a different config is refused before anything is written.
+The strategy is made once per process by the binary (`bnreg_tf.strategies`) and passed in.
 """
 import contextlib
 import csv
@@ -19,23 +20,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnreg_tf import callbacks as cb, keras_fixes
-from bnreg_tf.compilation import choose_jit_compile
+from bnreg_tf import callbacks as cb, keras_fixes, preemption
+from bnreg_tf.checkpoints import restore_latest
 from bnreg_tf.config import ConfigError, RunConfig, validate
 from bnreg_tf.data import catalog, pipeline
 from bnreg_tf.diagnostics import NormMonitor
 from bnreg_tf.export import export_saved_model
 from bnreg_tf.models import build_network, native_image_size
+from bnreg_tf.rundir import RunLock, check_model_dir, remove_leftovers, write_atomically
 from bnreg_tf.schedules import make_optimizer
-from bnreg_tf.strategies import (check_batch_split, is_chief, make_strategy, split_cpu,
-                                  worker_scratch_dir)
+from bnreg_tf.strategies import (check_batch_split, is_chief, jit_compile, set_precision,
+                                 worker_scratch_dir)
 from bnreg_tf.training import Classifier
 from efficientnet.optim import ReferenceRMSprop, average_sources
-
-# Fields that may differ when a run is resumed: where data/outputs live and how it is executed.
-RESUMABLE_FIELDS = ("data_dir", "download", "export", "model_dir", "strategy", "tpu",
-                    "virtual_cpus", "eval_batch_size", "checkpoint_steps")
-
 
 def _silent(*_):
     pass
@@ -45,78 +42,37 @@ def _path(config, *parts):
     return os.path.join(config.model_dir, *parts)
 
 
-def check_model_dir(config):
-    """Raises ConfigError if the model dir cannot hold this run. Writes nothing."""
-    model_dir = config.model_dir
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-        raise ConfigError(f"--model_dir={model_dir}: exists and is not a directory")
-    config_path = _path(config, "config.json")
-    if not os.path.exists(config_path):
-        return False
-    try:
-        with open(config_path) as f:
-            previous = RunConfig.from_json(f.read())
-    except (ValueError, TypeError, OSError) as error:
-        raise ConfigError(f"--model_dir={model_dir}: config.json is unreadable ({error}); "
-                          "use a new --model_dir") from None
-    for field in dataclasses.fields(RunConfig):
-        name = field.name
-        if name in RESUMABLE_FIELDS:
-            continue
-        old, new = getattr(previous, name), getattr(config, name)
-        if old != new:
-            raise ConfigError(
-                f"--model_dir={model_dir} holds a run with a different config (--{name}={old!r} "
-                f"there, {new!r} asked); repeat that run's flags or use a new --model_dir")
-    return True
-
-
-def write_atomically(path, text):
-    """Writes `text` beside `path` and renames it into place (a kill never leaves half a file)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    staging = f"{path}.partial"
-    with open(staging, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(staging, path)
-
-
 def _truncate_log(path, first_epoch_to_drop):
     """Drops log rows of epochs that will run again (killed after logging, before checkpoint)."""
     if not os.path.exists(path):
         return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < first_epoch_to_drop]
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < first_epoch_to_drop] \
+            if rows else []
+    except (ValueError, UnicodeDecodeError, csv.Error, IndexError):
+        raise ConfigError(f"{path}: not a bnreg log (unreadable rows); move it aside to resume "
+                          "(a new one is started)") from None
+    if rows and rows[0][:1] != ["epoch"]:
+        raise ConfigError(f"{path}: not a bnreg log (no epoch column); move it aside to resume "
+                          "(a new one is started)")
     if len(kept) != len(rows):
         text = io.StringIO()
         csv.writer(text).writerows(kept)
         write_atomically(path, text.getvalue())
 
 
-def set_precision(config, strategy):
-    """float32 on CPU; bfloat16 on TPU; float16 on GPU; unless --precision says otherwise."""
-    policy = config.precision
-    if policy == "auto":
-        if isinstance(strategy, tf.distribute.TPUStrategy):
-            policy = "mixed_bfloat16"
-        elif tf.config.list_logical_devices("GPU"):
-            policy = "mixed_float16"
-        else:
-            policy = "float32"
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
-
-
-def jit_compile_for(config, strategy):
-    if config.compilation == "xla":
-        return True
-    if config.compilation == "graph":
-        return False
-    return choose_jit_compile(strategy)
+def _read_initial_norms(path):
+    try:
+        with open(path) as f:
+            values = json.load(f)
+        if not isinstance(values, dict):
+            raise ValueError("not a mapping")
+        return values
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{path}: unreadable (not bnreg's JSON); move it aside and repeat the "
+                          "command (the run resumes; its norms at init are then missing)") from None
 
 
 @dataclasses.dataclass
@@ -135,6 +91,7 @@ class Run:
     eval_split: str
     start_step: int = 0
     write_dir: str = ""   # the model dir on the chief, a scratch dir on other workers
+    epoch_metrics: list = None   # the checkpointed running means of the epoch resumed mid-way
 
     @property
     def chief(self):
@@ -154,24 +111,31 @@ class Run:
             else contextlib.nullcontext()
 
 
-def build_run(config, strategy=None):
-    """Validates, builds model/optimizer in the strategy scope, restores the latest checkpoint."""
+def preflight(config, strategy):
+    """Everything checked before a run writes anything: flags, batch split, data. Returns the plan
+    `(spec, train_split, eval_split, train_examples)`."""
     validate(config)
-    check_model_dir(config)
-    if config.virtual_cpus and strategy is None:
-        split_cpu(config.virtual_cpus)
-    strategy = strategy or make_strategy(config.strategy, config.tpu)
     check_batch_split(strategy, config.batch_size)
     check_batch_split(strategy, config.eval_batch_size, "eval_batch_size")
     spec = catalog.DATASETS[config.dataset]
     train_split, eval_split, train_examples, _ = catalog.split_plan(config.dataset, config.holdout)
-    for split in (train_split, eval_split):  # fail fast, before anything is written
+    for split in (train_split, eval_split):
         catalog.load(config.dataset, split, config.data_dir, config.download)
+    return spec, train_split, eval_split, train_examples
+
+
+def build_run(config, strategy, log=print):
+    """Builds model/optimizer in `strategy`'s scope and restores the newest good checkpoint.
+
+    `strategy` is the process's one strategy (`bnreg_tf.strategies.make_strategy`). Writes
+    nothing to the model dir except, on the chief, a repaired checkpoint index.
+    """
+    spec, train_split, eval_split, train_examples = preflight(config, strategy)
     steps_per_epoch = config.steps_per_epoch or max(1, train_examples // config.batch_size)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    set_precision(config, strategy)
+    set_precision(config.precision, strategy)
     image_size = native_image_size(config, spec)
     preprocessing = pipeline.preprocessing_for(config, image_size)
     with strategy.scope():
@@ -182,26 +146,33 @@ def build_run(config, strategy=None):
         optimizer = make_optimizer(config, steps_per_epoch)
         if isinstance(optimizer, ReferenceRMSprop) and optimizer.average_decay:
             optimizer.track_average(average_sources(network))
-        trainer.compile(optimizer=optimizer, jit_compile=jit_compile_for(config, strategy))
+        trainer.compile(optimizer=optimizer, jit_compile=jit_compile(config.compilation, strategy))
         trainer.optimizer.build(trainer.trainable_variables)
         # One concrete call builds the wrapper, so fit never runs Keras' symbolic build (which
         # fails on distributed batches under MultiWorkerMirroredStrategy: bnreg_tf.keras_fixes).
         trainer(tf.zeros([1, image_size, image_size, spec.channels]), training=False)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         keras_fixes.apply()
+    metric_variables = [v for m in trainer.metrics for v in m.variables]
     with strategy.scope():
-        checkpoint = tf.train.Checkpoint(network=network, optimizer=trainer.optimizer)
+        state = tf.train.Checkpoint(network=network, optimizer=trainer.optimizer)
+        checkpoint = tf.train.Checkpoint(network=network, optimizer=trainer.optimizer,
+                                         epoch_metrics=metric_variables)
     # Every worker saves (saving may all-reduce); only the chief's copy is kept, in the model dir.
-    write_dir = config.model_dir if is_chief(strategy) else worker_scratch_dir(strategy)
+    chief = is_chief(strategy)
+    write_dir = config.model_dir if chief else worker_scratch_dir(strategy)
+    start_step, epoch_metrics = 0, None
+    latest = restore_latest(state, _path(config, "checkpoints"), log if chief else _silent,
+                            repair_index=chief)
+    if latest:
+        start_step = int(trainer.optimizer.iterations.numpy())
+        # The running means of a checkpointed epoch (older checkpoints have none: expect_partial).
+        tf.train.Checkpoint(epoch_metrics=metric_variables).restore(latest).expect_partial()
+        epoch_metrics = [v.numpy() for v in metric_variables]
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"),
                                          max_to_keep=3)
-    start_step = 0
-    latest = tf.train.latest_checkpoint(_path(config, "checkpoints"))
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        start_step = int(trainer.optimizer.iterations.numpy())
     return Run(config, strategy, trainer, network, optimizer, preprocessing, manager,
-               steps_per_epoch, train_split, eval_split, start_step, write_dir)
+               steps_per_epoch, train_split, eval_split, start_step, write_dir, epoch_metrics)
 
 
 def _probe(run):
@@ -221,16 +192,39 @@ def _train_input(run, start_step):
     return run.strategy.distribute_datasets_from_function(input_fn)
 
 
-def train(config, strategy=None, log=print, verbose=None):
-    """Trains (or resumes) the run `config` describes; returns the final results dict.
+@contextlib.contextmanager
+def _writer(config, strategy, log):
+    """The chief's exclusive hold on the model dir: checked, locked, checked again, tidied."""
+    if not is_chief(strategy):
+        check_model_dir(config, writable=False)
+        yield
+        return
+    check_model_dir(config)
+    with RunLock(config.model_dir, log):
+        check_model_dir(config)   # another process may have written it before we locked
+        remove_leftovers(config.model_dir, log)
+        yield
+
+
+def train(config, strategy, log=print, verbose=None):
+    """Trains (or resumes) the run `config` describes under `strategy`; returns the results dict.
 
     `verbose`: Keras' progress output (default 2, one line per epoch; 0 when BNREG_QUIET is set).
+    Raises ConfigError (bad flags, data or model dir), RunDirBusy (another process holds the
+    model dir), NonFiniteLoss, or preemption.Preempted (SIGTERM/SIGINT: a checkpoint was saved).
     """
-    run = build_run(config, strategy)
-    config = run.config
-    os.makedirs(run.write_dir, exist_ok=True)
-    if run.chief and not os.path.exists(_path(config, "config.json")):
+    preflight(config, strategy)
+    with _writer(config, strategy, log), preemption.stop_signals(strategy):
+        return _train(config, strategy, log, verbose)
+
+
+
+def _train(config, strategy, log, verbose):
+    chief = is_chief(strategy)
+    if chief and not os.path.exists(_path(config, "config.json")):
         write_atomically(_path(config, "config.json"), config.to_json() + "\n")
+    run = build_run(config, strategy, log)
+    os.makedirs(run.write_dir, exist_ok=True)
     report = log
     if not run.chief:
         log = _silent
@@ -244,18 +238,21 @@ def train(config, strategy=None, log=print, verbose=None):
         monitor.initial = monitor.measure()
         write_atomically(initial_path, json.dumps(monitor.initial, indent=2) + "\n")
     elif os.path.exists(initial_path):
-        with open(initial_path) as f:
-            monitor.initial = json.load(f)
+        monitor.initial = _read_initial_norms(initial_path)
+    preemption.raise_if_received("before training")
     if start < total:
         if start:
             log(f"bnreg: resuming from {run.checkpoint_manager.latest_checkpoint} (step {start})")
         log_path = os.path.join(run.write_dir, "log.csv")
         _truncate_log(log_path, start // spe)
         callbacks = [guard, monitor, cb.RunStats(config.batch_size)]
+        if run.epoch_metrics is not None and start % spe:
+            callbacks.insert(0, cb.RestoreEpochMetrics(run.epoch_metrics))
         if run.averages_weights:
             callbacks.append(cb.AveragedEvaluation(run.optimizer))
         callbacks += [keras.callbacks.CSVLogger(log_path, append=True),
-                      cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps)]
+                      cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps),
+                      preemption.StopOnSignal(run.checkpoint_manager)]   # inert outside the block
         if run.chief:
             callbacks.append(cb.ScalarSummaries(_path(config, "tensorboard")))
         validation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
@@ -276,7 +273,9 @@ def train(config, strategy=None, log=print, verbose=None):
     if guard.tripped is not None:
         raise cb.NonFiniteLoss(
             f"loss became non-finite at step {guard.tripped}; training stopped. Last good "
-            f"checkpoint: {run.checkpoint_manager.latest_checkpoint or 'none saved yet'}")
+            f"checkpoint: {run.checkpoint_manager.latest_checkpoint or 'none saved yet'}; lower "
+            f"--learning_rate or a penalty and branch from it: a new --model_dir with "
+            f"--init_from={config.model_dir}")
     results = finish(run, monitor, log)
     if not run.chief:
         report(f"bnreg: worker done after {results['steps']} steps; trainable weights sha256 "
@@ -326,13 +325,16 @@ def finish(run, monitor, log=print):
     return results
 
 
-def export_from_checkpoint(config, strategy=None, log=print):
+def export_from_checkpoint(config, strategy, log=print):
     """Exports the latest checkpoint of `config`'s model dir (averaged weights where kept)."""
-    run = build_run(config, strategy)
-    if run.checkpoint_manager.latest_checkpoint is None:
+    preflight(config, strategy)
+    if not os.path.isdir(_path(config, "checkpoints")):
         raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
-    with run.averaged():
-        path = export_saved_model(run.network, run.preprocessing, _path(config, "export"))
+    with _writer(config, strategy, log), preemption.stop_signals(strategy):
+        run = build_run(config, strategy, log)
+        if run.checkpoint_manager.latest_checkpoint is None:
+            raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
+        with run.averaged():
+            path = export_saved_model(run.network, run.preprocessing, _path(config, "export"))
     log(f"bnreg: exported {run.checkpoint_manager.latest_checkpoint} to {path}")
     return path
-

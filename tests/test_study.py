@@ -53,7 +53,7 @@ def test_study_reports_skips_finished_runs_and_survives_a_failing_one(tmp_path):
         assert curves["epoch"] == [0, 1] and curves["embedding_norm_sq"][0] > 0
     # Repeating the command skips the finished runs and retries the failed ones.
     second = study(out, "--variants=batchnorm,fixup_kl", "--seeds=0,1", "--standardization_kl=1000")
-    assert second.stdout.count("skipped (finished before)") == 2
+    assert second.stdout.count("skipped (finished before with the same config)") == 2
     assert second.stdout.count("FAILED") == 2
 
 
@@ -93,10 +93,20 @@ def test_main_table_formats_medians_and_failures():
     (["--coefficients=-1"], "--coefficients: expected finite numbers >= 0"),
     (["--preset=paper_mnist"], "--preset: expected one of"),
     (["--model_dir=/tmp/x"], "--model_dir: bnreg-study puts each run"),
+    (["--variants=fixup,fixup"], "--variants: lists fixup twice"),
+    (["--seeds=0,1,0"], "--seeds: lists 0 twice"),
+    (["--variants="], "--variants: expected a non-empty comma-separated list, got ''"),
+    (["--seeds=0,-1"], "--seeds: expected integers in [0, 2^32), got '0,-1'"),
+    (["--variants=batchnorm", "--standardization_kl=0.1"],
+     "--standardization_kl=0.1: no chosen variant uses it (it is the coefficient of fixup_kl)"),
+    (["--variants=batchnorm", "--coefficients=0.1,1"], "--coefficients: none of the variants"),
+    (["--shard=2/2"], "--shard: expected I/N with 0 <= I < N"),
+    (["--preset=paper_cifar10", "--data_dir=/nonexistent/tfds"], "cifar10"),
 ])
 def test_bad_study_flags_exit_2(tmp_path, flags, message):
     result = study(str(tmp_path / "s"), *flags)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"bnreg-study: error: {message}"), lines
+    assert len(lines) == 1 and lines[0].startswith("bnreg-study: error: ") and message in lines[0], \
+        lines
     assert not os.path.exists(tmp_path / "s")

@@ -14,6 +14,8 @@ from bnreg_tf.models import build_network
 from bnreg_tf.presets import PRESETS
 from bnreg_tf.training import Classifier
 
+DEFAULT = tf.distribute.get_strategy()  # the process strategy the binaries would pass
+
 SPEC = catalog.DATASETS["digits"]
 
 
@@ -129,7 +131,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(pipeline, "train_dataset", poisoned)
     with pytest.raises(cb.NonFiniteLoss) as error:
-        trainer.train(config, log=lambda *_: None)
+        trainer.train(config, DEFAULT, log=lambda *_: None)
     message = str(error.value)
     assert "non-finite at step 7" in message and "ckpt-6" in message
     manager_dir = tmp_path / "run" / "checkpoints"
@@ -143,8 +145,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_finished_run_is_not_trained_again(tmp_path):
     config = _config(model_dir=str(tmp_path / "run"), epochs=1, steps_per_epoch=3, export=False)
-    first = trainer.train(config, log=lambda *_: None)
-    again = trainer.train(config, log=lambda *_: None)
+    first = trainer.train(config, DEFAULT, log=lambda *_: None)
+    again = trainer.train(config, DEFAULT, log=lambda *_: None)
     assert first["steps"] == again["steps"] == 3
     assert again["eval_accuracy"] == pytest.approx(first["eval_accuracy"])
     with open(tmp_path / "run" / "log.csv") as f:
@@ -157,11 +159,11 @@ def test_export_holds_the_averaged_weights_when_the_recipe_averages(tmp_path):
     # A fast average (decay 0.5) so that averaged and raw weights differ clearly.
     config = _config(model_dir=str(tmp_path / "run"), epochs=1, steps_per_epoch=4,
                      optimizer="rmsprop_reference", learning_rate=0.01, ema_decay=0.5)
-    results = trainer.train(config, log=lambda *_: None)
+    results = trainer.train(config, DEFAULT, log=lambda *_: None)
     loaded = tf.saved_model.load(results["export"])
     images, _ = digits_arrays("test")
     exported = loaded.serve(tf.constant(images[:16]))["logits"].numpy()
-    run = trainer.build_run(config)  # restores the last checkpoint, EMA shadows included
+    run = trainer.build_run(config, DEFAULT)  # restores the last checkpoint + EMA
     inputs = run.preprocessing.evaluate_batch(tf.constant(images[:16]))
     raw = run.network(inputs, training=False)["logits"].numpy()
     with run.averaged():
@@ -172,12 +174,12 @@ def test_export_holds_the_averaged_weights_when_the_recipe_averages(tmp_path):
 
 def test_export_only_rebuilds_the_export_from_the_checkpoint(tmp_path):
     config = _config(model_dir=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, export=False)
-    trainer.train(config, log=lambda *_: None)
+    trainer.train(config, DEFAULT, log=lambda *_: None)
     assert not os.path.exists(tmp_path / "run" / "export")
-    path = trainer.export_from_checkpoint(config, log=lambda *_: None)
+    path = trainer.export_from_checkpoint(config, DEFAULT, log=lambda *_: None)
     loaded = tf.saved_model.load(path)
     images, _ = digits_arrays("test")
-    run = trainer.build_run(config)
+    run = trainer.build_run(config, DEFAULT)
     want = run.network(run.preprocessing.evaluate_batch(tf.constant(images[:8])),
                        training=False)["logits"].numpy()
     np.testing.assert_allclose(loaded.serve(tf.constant(images[:8]))["logits"].numpy(), want,

@@ -31,20 +31,16 @@ def quiet_stderr():
 def initialize_devices(config=None):
     """Initialises TensorFlow's devices quietly; returns `config`'s strategy when one is given.
 
-    The CPU split (`--virtual_cpus`) and MultiWorkerMirroredStrategy must both come before
-    device initialisation, so the strategy is made here, first.
+    The process's one strategy (`bnreg_tf.strategies`): the CPU split of `--virtual_cpus` and
+    MultiWorkerMirroredStrategy must both come before device initialisation, so it is made here,
+    first, and every run of the process uses it.
     """
     import tensorflow as tf
 
-    from bnreg_tf.strategies import make_strategy, split_cpu
+    from bnreg_tf.strategies import strategy_for
 
     with quiet_stderr():
-        if config is None:
-            tf.config.list_logical_devices()
-            return None
-        if config.virtual_cpus:
-            split_cpu(config.virtual_cpus)
-        strategy = make_strategy(config.strategy, config.tpu)
+        strategy = strategy_for(config) if config is not None else None
         tf.config.list_logical_devices()
     return strategy
 

@@ -8,7 +8,7 @@ import string
 
 import keras
 
-from bnreg_tf.heads import classifier_head
+from bnreg_tf.heads import classifier_head, with_head_penalties
 from bnreg_tf.init import Seeds, he_normal_fan_out
 from bnreg_tf.layers import StochasticDepth
 from efficientnet.params import HEAD_FILTERS, SCALING, STEM_FILTERS, drop_rates, round_filters, scaled_rows
@@ -91,8 +91,9 @@ def build_model(variant, *, num_classes, input_shape=None, dropout=None, surviva
     embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     limit = 1.0 / num_classes**0.5
     outputs = classifier_head(
-        embedding, num_classes, embedding_l2=embedding_l2, functional_l2=functional_l2,
-        dropout=scaling.dropout if dropout is None else dropout,
-        kernel_initializer=keras.initializers.RandomUniform(-limit, limit, builder.next_seed()),
-        seed=seed)
-    return keras.Model(inputs, outputs, name=f"efficientnet_{variant}")
+        embedding, num_classes,
+        kernel_initializer=keras.initializers.RandomUniform(-limit, limit, builder.next_seed()))
+    model = keras.Model(inputs, outputs, name=f"efficientnet_{variant}")
+    return with_head_penalties(
+        model, embedding_l2=embedding_l2, functional_l2=functional_l2,
+        dropout=scaling.dropout if dropout is None else dropout, seed=seed)

@@ -6,7 +6,8 @@ symbolic graph (every model is first made one flat functional graph by `inline`)
   logits (`find_classifier`);
 - what is the embedding: the classifier's input, before any Dropout (`find_embedding`);
 - where would BatchNorm sit: after each conv/dense whose output feeds an activation, directly or
-  through normalization, padding, dropout, scalar and Add/Concatenate layers (`kl_sites`).
+  through normalization, padding, local pooling, dropout, Fixup scalar and Add/Concatenate
+  layers (`kl_sites`).
 """
 import keras
 from keras.src.models.functional import Functional
@@ -28,8 +29,10 @@ POOL_TYPES = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePoo
 # Layers a conv's output may cross on its way to the activation and still be "followed by" it.
 TRANSPARENT_TYPES = (*NORM_TYPES, *DROPOUT_TYPES, keras.layers.ZeroPadding1D,
                      keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D, keras.layers.Add,
-                     keras.layers.Concatenate, bl.ScalarBias, bl.ScalarScale, bl.StochasticDepth,
-                     bl.PenaltyLayer)
+                     keras.layers.Concatenate, keras.layers.MaxPooling1D, keras.layers.MaxPooling2D,
+                     keras.layers.MaxPooling3D, keras.layers.AveragePooling1D,
+                     keras.layers.AveragePooling2D, keras.layers.AveragePooling3D, bl.ScalarBias,
+                     bl.ScalarScale, bl.StochasticDepth, bl.PenaltyLayer)
 ACTIVATION_TYPES = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU,
                     keras.layers.ELU, bl.Swish)
 # Between the classifier and the model's output: reshapes and the identity activation.

@@ -80,9 +80,10 @@ def _find_embedding(flat, classifier_input, embedding):
                 "changing the logits", norm.name, type(norm).__name__)
         return tensor
     tensor = mg.output_of(flat, embedding, candidates)
-    if id(tensor) not in mg.ancestors(flat, classifier_input):
-        raise ValueError(f"regularize: embedding {mg.producer(tensor).name!r} does not feed the "
-                         f"classifier's input; candidates: {', '.join(map(repr, candidates))}")
+    if id(tensor) not in mg.ancestors(flat, classifier_input) or set(tensor.shape[1:-1]) - {1}:
+        raise ValueError(f"regularize: embedding {mg.producer(tensor).name!r} is not a [B, H] "
+                         "vector (or 1x1 map) feeding the classifier; candidates: "
+                         f"{', '.join(map(repr, candidates))}")
     return tensor
 
 
@@ -103,7 +104,8 @@ def regularize(model, embedding_l2=0.0, functional_l2=0.0, standardization_kl=0.
       `FunctionalL2` on the logits (paper section 3).
     - `standardization_kl`: a `StandardizationKL` where BatchNorm sits or would sit: after each
       conv/dense layer (never the classifier) whose output feeds an activation, directly or
-      through normalization, padding, dropout, Fixup scalars or Add/Concatenate; so before the
+      through normalization, padding, local pooling, dropout, Fixup scalars or Add/Concatenate;
+      so before the
       residual Add where there is one. A layer with its own activation (`Conv2D(...,
       activation="relu")`) is replaced by a copy without it (same weights, not shared with
       `model`) followed by an `Activation`, and the KL goes between the two.

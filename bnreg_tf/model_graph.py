@@ -86,12 +86,20 @@ def _call_inlined(operation, *args, **kwargs):
     return operation(*args, **kwargs)
 
 
+def input_structure(model):
+    return model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+
+
+def output_structure(model):
+    return model.outputs[0] if isinstance(model, keras.Sequential) else model.output
+
+
 def fresh_inputs(model):
     """New `keras.Input`s like `model`'s, in its input structure."""
     def like(x):
         return keras.Input(batch_shape=x.shape, dtype=x.dtype,
                            name=x._keras_history.operation.name)
-    return keras.tree.map_structure(like, model.input)
+    return keras.tree.map_structure(like, input_structure(model))
 
 
 def inline(model):

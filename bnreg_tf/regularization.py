@@ -116,15 +116,16 @@ def regularize(model, embedding_l2=0.0, functional_l2=0.0, standardization_kl=0.
     `compile(loss=..., metrics=["accuracy"])` and `fit(x, y)` work unchanged, on arrays or a
     `tf.data.Dataset`, with the inputs at the scale `model` expects. `return_embedding=True`
     returns bnreg's `{"logits": [B, K], "embedding": [B, H]}` instead. Penalties act in training
-    only and log their raw values as metrics named after their layers. With nothing to attach
-    and no change of outputs, `model` itself is returned.
+    only and log their raw values as metrics named after their layers. With nothing to attach,
+    check or change, `model` itself is returned.
     """
     embedding_l2, functional_l2, standardization_kl, dropout = _check_coefficients(
         embedding_l2, functional_l2, standardization_kl, dropout)
     mg.check_graph_model(model)
-    output_is_contract = isinstance(model.output, dict) and "embedding" in model.output
-    if not (embedding_l2 or functional_l2 or standardization_kl or dropout) and (
-            output_is_contract or not return_embedding):
+    output = mg.output_structure(model)
+    output_is_contract = isinstance(output, dict) and "embedding" in output
+    if not (embedding_l2 or functional_l2 or standardization_kl or dropout) and embedding is None \
+            and (output_is_contract or not return_embedding):
         return model
     flat = mg.inline(model)
     _check_not_attached(flat, {bl.EmbeddingL2: embedding_l2, bl.FunctionalL2: functional_l2,
@@ -132,7 +133,7 @@ def regularize(model, embedding_l2=0.0, functional_l2=0.0, standardization_kl=0.
     logits = mg.logits_tensor(flat)
     classifier, classifier_input = mg.find_classifier(flat, logits)
     if embedding is None and output_is_contract:
-        embedding = mg.producer(model.output["embedding"])
+        embedding = mg.producer(output["embedding"])
     embedding_tensor = _find_embedding(flat, classifier_input, embedding)
     kl_nodes = mg.kl_sites(flat, classifier.operation) if standardization_kl else []
     return _rebuild(flat, logits, embedding_tensor, kl_nodes, return_embedding,

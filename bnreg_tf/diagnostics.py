@@ -3,8 +3,31 @@ import logging
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from bnreg_tf import penalties
+
+
+def probe_images(data, max_examples=None):
+    """The images of `data` (array, `(images, labels)` or a `tf.data.Dataset` of either) as
+    one NumPy array of at most `max_examples` rows."""
+    if isinstance(data, tf.data.Dataset):
+        if max_examples is None and data.cardinality() == tf.data.INFINITE_CARDINALITY:
+            raise ValueError("NormMonitor: the probe dataset is infinite; pass max_examples")
+        batches, count = [], 0
+        for batch in data:
+            images = np.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            batches.append(images)
+            count += len(images)
+            if max_examples is not None and count >= max_examples:
+                break
+        if not batches:
+            raise ValueError("NormMonitor: the probe dataset is empty")
+        data = np.concatenate(batches)
+    elif isinstance(data, (tuple, list)):
+        data = data[0]
+    data = np.asarray(data)
+    return data if max_examples is None else data[:max_examples]
 
 
 def find_classifier(model, embedding_width, num_classes):
@@ -21,19 +44,25 @@ def find_classifier(model, embedding_width, num_classes):
 class NormMonitor(keras.callbacks.Callback):
     """Logs the embedding and output norms of a fixed probe batch at each epoch end.
 
+    `probe_data`: the probe images, at the scale the model expects (what `fit` gets), as a
+    NumPy array or tensor [N, ...], an `(images, labels)` tuple (labels ignored), or a
+    `tf.data.Dataset` of such batches, whose batches are read once, when the monitor is made,
+    and concatenated (`max_examples` caps the count; an infinite dataset needs it). The probe is
+    then fixed: every epoch measures the same images. The model must return
+    `{"logits", "embedding"}` (bnreg's models; `regularize(..., return_embedding=True)`).
+
     Keys added to `logs` (so History, CSVLogger and TensorBoard record them; place CSVLogger
     and TensorBoard after this callback):
     `probe_embedding_norm_sq` (E||Emb||^2), `probe_output_norm_sq` (E||NN||^2),
     `probe_embedding_l2` (/H), `probe_functional_l2` (/K) and, when the classifier is a Dense
-    layer, `probe_dropout_penalty` (tr(W diag(E[ee^T]) W^T)). Measured in inference mode.
-    The values before training are kept in `self.initial`; `self.history` holds every epoch.
+    layer, `probe_dropout_penalty` (tr(W diag(E[ee^T]) W^T)). Measured in inference mode
+    (paper section 4.2, Figures 2-3). The values before training are kept in `self.initial`;
+    `self.history` holds every epoch. There is no randomness, hence no seed.
     """
 
-    def __init__(self, probe_data, classifier_layer=None):
+    def __init__(self, probe_data, classifier_layer=None, max_examples=None):
         super().__init__()
-        if isinstance(probe_data, (tuple, list)):
-            probe_data = probe_data[0]
-        self.probe = probe_data
+        self.probe = probe_images(probe_data, max_examples)
         self.classifier_layer = classifier_layer
         self.initial = None
         self.history = []
@@ -41,7 +70,8 @@ class NormMonitor(keras.callbacks.Callback):
     def measure(self):
         out = self.model(self.probe, training=False)
         if not (isinstance(out, dict) and {"logits", "embedding"} <= set(out)):
-            raise ValueError("NormMonitor needs a model returning {'logits', 'embedding'}")
+            raise ValueError("NormMonitor needs a model returning {'logits', 'embedding'} (use "
+                             "regularize(model, ..., return_embedding=True) for your own)")
         embedding = np.asarray(out["embedding"], dtype=np.float64).reshape(len(self.probe), -1)
         logits = np.asarray(out["logits"], dtype=np.float64).reshape(len(self.probe), -1)
         values = {

@@ -1,39 +1,23 @@
 """The classifier head shared by every bnreg model: the project's output contract.
 
 `{"logits": [B, K], "embedding": [B, H]}` with the embedding taken after the final global
-average pool and before any Dropout (paper section 3: `NN(x) = W Emb(x)`).
+average pool (paper section 3: `NN(x) = W Emb(x)`). The head is plain: `with_head_penalties`
+attaches EL2, FL2 and the embedding Dropout through `regularize`, the code that attaches them
+to any Keras model.
 """
 import keras
 
-from bnreg_tf import layers as bl
+from bnreg_tf.regularization import regularize
 
 
-def classifier_head(
-    embedding,
-    num_classes,
-    *,
-    embedding_l2=0.0,
-    functional_l2=0.0,
-    dropout=0.0,
-    kernel_initializer="glorot_uniform",
-    bias_initializer="zeros",
-    pre_classifier=None,
-    seed=None,
-):
-    """EL2 on the embedding, optional Dropout, the Dense classifier, FL2 on the logits.
+def classifier_head(embedding, num_classes, *, kernel_initializer="glorot_uniform",
+                    bias_initializer="zeros", pre_classifier=None):
+    """The Dense classifier on `embedding`; returns the output dict.
 
-    `pre_classifier` is a layer applied between dropout and the classifier (Fixup's scalar bias).
-    Returns the output dict; the classifier layer is named `classifier`.
+    `pre_classifier` is a layer applied between the embedding and the classifier (Fixup's
+    scalar bias). The classifier layer is named `classifier`.
     """
-    if bl.check_coefficient(embedding_l2, "embedding_l2") > 0:
-        embedding = bl.EmbeddingL2(embedding_l2, name="embedding_l2")(embedding)
-    x = embedding
-    if bl.check_coefficient(dropout, "dropout") > 0:
-        if dropout >= 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        x = keras.layers.Dropout(dropout, seed=seed, name="embedding_dropout")(x)
-    if pre_classifier is not None:
-        x = pre_classifier(x)
+    x = embedding if pre_classifier is None else pre_classifier(embedding)
     logits = keras.layers.Dense(
         num_classes,
         kernel_initializer=kernel_initializer,
@@ -41,6 +25,11 @@ def classifier_head(
         dtype="float32",
         name="classifier",
     )(x)
-    if bl.check_coefficient(functional_l2, "functional_l2") > 0:
-        logits = bl.FunctionalL2(functional_l2, name="functional_l2")(logits)
     return {"logits": logits, "embedding": embedding}
+
+
+def with_head_penalties(model, *, embedding_l2, functional_l2, dropout, seed):
+    """`model` (a contract model) with EL2 on its embedding, Dropout after it and FL2 on its
+    logits; `seed` seeds the Dropout masks. The model itself when all three are 0."""
+    return regularize(model, embedding_l2=embedding_l2, functional_l2=functional_l2,
+                      dropout=dropout, seed=seed)

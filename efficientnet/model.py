@@ -8,7 +8,7 @@ import string
 
 import keras
 
-from bnreg_tf.heads import classifier_head
+from bnreg_tf.heads import classifier_head, with_head_penalties
 from bnreg_tf.init import Seeds, he_normal_fan_out
 from bnreg_tf.layers import StochasticDepth
 from efficientnet.params import HEAD_FILTERS, SCALING, STEM_FILTERS, drop_rates, round_filters, scaled_rows
@@ -59,11 +59,20 @@ class _Builder:
 def build_model(variant, *, num_classes, input_shape=None, dropout=None, survival_prob=0.8,
                 embedding_l2=0.0, functional_l2=0.0, batch_norm_momentum=0.99,
                 batch_norm_epsilon=1e-3, seed=None):
-    """EfficientNet `variant` (b0..b8, l2) returning `{"logits", "embedding"}`.
+    """EfficientNet `variant` (b0..b8, l2); returns an uncompiled `keras.Model` with bnreg's output
+    contract `{"logits": [B, K], "embedding": [B, H]}` (H = the head width, 1280 for B0;
+    the embedding is the global average pool, before Dropout; logits in float32).
+
+    Inputs: float images [B, R, R, 3] normalised with ImageNet's mean/std on the 0..255 scale
+    (`efficientnet.preprocess`); no preprocessing is inside the model. It takes what any Keras
+    model takes: arrays, tensors or a `tf.data.Dataset`. `input_shape` defaults to the
+    variant's resolution R.
 
     `dropout=None` uses the variant's reference rate; `dropout=0` is the paper's no-Dropout
-    baseline. `input_shape` defaults to the variant's resolution. `survival_prob` is the keep
-    probability of the last block's drop-connect (1.0 disables stochastic depth).
+    baseline. `survival_prob` is the keep probability of the last block's drop-connect (1.0
+    disables stochastic depth). `embedding_l2`, `functional_l2` attach `EmbeddingL2` and
+    `FunctionalL2` through `bnreg_tf.regularize`. `seed` (int or None) makes the initial weights,
+    the drop-connect masks and the Dropout masks reproducible.
     """
     if variant not in SCALING:
         raise ValueError(f"EfficientNet variant must be one of {', '.join(SCALING)}; got {variant!r}")
@@ -91,8 +100,9 @@ def build_model(variant, *, num_classes, input_shape=None, dropout=None, surviva
     embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     limit = 1.0 / num_classes**0.5
     outputs = classifier_head(
-        embedding, num_classes, embedding_l2=embedding_l2, functional_l2=functional_l2,
-        dropout=scaling.dropout if dropout is None else dropout,
-        kernel_initializer=keras.initializers.RandomUniform(-limit, limit, builder.next_seed()),
-        seed=seed)
-    return keras.Model(inputs, outputs, name=f"efficientnet_{variant}")
+        embedding, num_classes,
+        kernel_initializer=keras.initializers.RandomUniform(-limit, limit, builder.next_seed()))
+    model = keras.Model(inputs, outputs, name=f"efficientnet_{variant}")
+    return with_head_penalties(
+        model, embedding_l2=embedding_l2, functional_l2=functional_l2,
+        dropout=scaling.dropout if dropout is None else dropout, seed=seed)

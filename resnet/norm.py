@@ -11,6 +11,7 @@ from bnreg_tf import init
 from bnreg_tf.init import Seeds
 from bnreg_tf import layers as bl
 from bnreg_tf.heads import classifier_head
+from bnreg_tf.regularization import attach_kl
 
 NORM_MODES = ("batchnorm", "fixup", "fixup_standardize", "none", "single_bn", "fixup_single_bn")
 FIXUP_MODES = ("fixup", "fixup_standardize", "fixup_single_bn")
@@ -28,7 +29,12 @@ class NormPolicy:
     - fixup_standardize: Fixup's structure, but the last branch layer is He / sqrt(L), not zero.
     - none / single_bn: no normalization, conventional He-normal(fan_out) init.
     - *single_bn: one BN on the final feature map, before the average pool.
-    `kl` > 0 puts a `StandardizationKL` on the input of every norm site.
+    `kl` > 0 puts a `StandardizationKL` on the input of every norm site (`attach_kl`, the code
+    `regularize` uses; named after the layer it measures, e.g. `stage1_block0_conv1_kl`). In
+    the post-activation ResNet v1 these are the places `regularize` picks on the plain network
+    (after each conv that feeds an activation, before the residual Add), except that Fixup's
+    branch-end multiplier comes before the site; in the pre-activation WRN they are where BN
+    sits, on the residual stream after the Add.
     """
 
     mode: str
@@ -48,10 +54,8 @@ class NormPolicy:
     def fixup(self):
         return self.mode in FIXUP_MODES
 
-    def _kl(self, x, name):
-        if self.kl > 0:
-            x = bl.StandardizationKL(self.kl, name=f"{name}_kl")(x)
-        return x
+    def _kl(self, x):
+        return attach_kl(x, self.kl)
 
     def _bn(self, x, name, zero_gamma=False):
         return keras.layers.BatchNormalization(
@@ -66,7 +70,7 @@ class NormPolicy:
 
         `fixup_bias=False` where the Fixup reference has no bias (after a projection shortcut).
         """
-        x = self._kl(x, name)
+        x = self._kl(x)
         if self.mode == "batchnorm":
             return self._bn(x, name, zero_gamma)
         if self.fixup and fixup_bias:
@@ -76,7 +80,7 @@ class NormPolicy:
     def final_site(self, x, name, has_site):
         """The final feature map before the pool: the single BN, or a regular site if any."""
         if self.mode in SINGLE_BN_MODES:
-            return self._bn(self._kl(x, name), name)
+            return self._bn(self._kl(x), name)
         return self.site(x, name) if has_site else x
 
     def pre_conv(self, x, name):
@@ -108,13 +112,11 @@ class NormPolicy:
             return init.zero_initializer()
         return keras.initializers.GlorotUniform(self.seeds())
 
-    def head(self, embedding, num_classes, *, embedding_l2, functional_l2, dropout, seed):
-        """The contract head; Fixup adds a scalar bias before a zero-initialised classifier."""
+    def head(self, embedding, num_classes):
+        """The plain contract head; Fixup adds a scalar bias before a zero-initialised classifier."""
         return classifier_head(
-            embedding, num_classes, embedding_l2=embedding_l2, functional_l2=functional_l2,
-            dropout=dropout, kernel_initializer=self.classifier_init(),
+            embedding, num_classes, kernel_initializer=self.classifier_init(),
             pre_classifier=bl.ScalarBias(name="classifier_input_bias") if self.fixup else None,
-            seed=seed,
         )
 
 

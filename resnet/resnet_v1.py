@@ -11,6 +11,7 @@ import re
 
 import keras
 
+from bnreg_tf.heads import with_head_penalties
 from bnreg_tf.init import Seeds
 from resnet.norm import NormPolicy, activation_layer
 from resnet.wide_resnet import conv
@@ -92,6 +93,7 @@ def build_resnet_v1(spec, *, num_classes, input_shape, norm, activation, dropout
                                f"stage{stage}_block{block}")
     x = policy.final_site(x, "final", has_site=False)
     embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = policy.head(embedding, num_classes, embedding_l2=embedding_l2,
-                          functional_l2=functional_l2, dropout=dropout, seed=seed)
-    return keras.Model(inputs, outputs, name=f"{name}_{norm}")
+    outputs = policy.head(embedding, num_classes)
+    model = keras.Model(inputs, outputs, name=f"{name}_{norm}")
+    return with_head_penalties(model, embedding_l2=embedding_l2, functional_l2=functional_l2,
+                               dropout=dropout, seed=seed)

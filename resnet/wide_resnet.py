@@ -10,6 +10,7 @@ import re
 
 import keras
 
+from bnreg_tf.heads import with_head_penalties
 from bnreg_tf.init import Seeds
 from resnet.norm import NormPolicy, activation_layer
 
@@ -74,6 +75,7 @@ def build_wide_resnet(spec, *, num_classes, input_shape, norm, activation, dropo
     x = policy.final_site(x, "final", has_site=True)
     x = activation_layer(activation, "final_act")(x)
     embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = policy.head(embedding, num_classes, embedding_l2=embedding_l2,
-                          functional_l2=functional_l2, dropout=dropout, seed=seed)
-    return keras.Model(inputs, outputs, name=f"wrn{spec.depth}_{spec.width}_{norm}")
+    outputs = policy.head(embedding, num_classes)
+    model = keras.Model(inputs, outputs, name=f"wrn{spec.depth}_{spec.width}_{norm}")
+    return with_head_penalties(model, embedding_l2=embedding_l2, functional_l2=functional_l2,
+                               dropout=dropout, seed=seed)

@@ -3,9 +3,19 @@ import csv
 
 import keras
 import numpy as np
+import pytest
+import tensorflow as tf
 
 from bnreg_tf import NormMonitor
-from tests.test_regularize import contract_model
+
+
+def contract_model():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(x)
+    embedding = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = keras.layers.Dense(5, name="classifier")(embedding)
+    return keras.Model(inputs, {"logits": logits, "embedding": embedding})
 
 
 def np_norms(model, probe):
@@ -42,3 +52,19 @@ def test_norm_monitor_logs_match_numpy(rng, tmp_path):
     np.testing.assert_allclose(float(rows[-1]["probe_output_norm_sq"]), after["probe_output_norm_sq"],
                                rtol=1e-5)
     assert after["probe_output_norm_sq"] != at_init["probe_output_norm_sq"]
+
+
+def test_norm_monitor_reads_a_tf_data_probe_once(rng):
+    images = rng.normal(size=(10, 8, 8, 3)).astype(np.float32)
+    labels = rng.integers(0, 5, 10)
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    model = contract_model()
+    from_array, from_dataset = NormMonitor(images), NormMonitor(batches)
+    np.testing.assert_array_equal(from_dataset.probe, images)
+    for monitor in (from_array, from_dataset):
+        monitor.set_model(model)
+    assert from_dataset.measure() == from_array.measure()
+    capped = NormMonitor(batches.map(lambda x, y: x).repeat(), max_examples=6)
+    np.testing.assert_array_equal(capped.probe, images[:6])
+    with pytest.raises(ValueError, match="infinite; pass max_examples"):
+        NormMonitor(batches.repeat())

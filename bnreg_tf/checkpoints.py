@@ -45,7 +45,7 @@ def restore_latest(checkpoint, directory, log=print, repair_index=True):
             # Every object of `checkpoint` must be restored; the file may hold more (the epoch
             # metrics, restored separately), so the rest is expected to stay unused.
             checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
-        except (tf.errors.OpError, ValueError, AssertionError) as error:
+        except Exception as error:  # OpError, DataLoss, IndexError ("Read less bytes"), ...
             detail = str(error).strip().splitlines()[0][:100] if str(error).strip() else \
                 type(error).__name__
             log(f"bnreg: skipping checkpoint {path}: it does not restore ({detail})")

@@ -97,7 +97,7 @@ def test_stop_signal_saves_a_checkpoint_and_the_repeat_ends_identical(tmp_path, 
     step = int(lines[0].split(" at step ")[1].split(";")[0])
     assert lines[0].endswith(f"{step}; checkpoint saved; repeat the command to resume")
     saved = [int(p.rsplit("-", 1)[1]) for p in checkpoint_paths(os.path.join(model_dir, "checkpoints"))]
-    assert max(saved) == step and step >= 6 and step % 3   # newer than the last step checkpoint
+    assert max(saved) == step >= 6   # nothing after the signal's step is lost
     with open(os.path.join(model_dir, "bnreg.lock")) as f:
         assert f.read() == ""   # released
     result = train(model_dir)
@@ -108,6 +108,37 @@ def test_stop_signal_saves_a_checkpoint_and_the_repeat_ends_identical(tmp_path, 
     assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == ["0", "1"]
     for column in ("loss", "accuracy", "embedding_l2", "val_loss"):
         assert [float(r[column]) for r in ours] == [float(r[column]) for r in theirs], column
+
+
+def test_stop_on_signal_saves_at_the_current_step_between_periodic_checkpoints(tmp_path):
+    """In process: the step the signal arrived in is saved, and no validation pass runs."""
+    import keras
+
+    from bnreg_tf import preemption
+
+    model = keras.Sequential([keras.Input([3]), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=3)
+    manager.save(checkpoint_number=0)
+
+    class SignalAtStep(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    class NoValidation(keras.callbacks.Callback):
+        def on_test_begin(self, logs=None):
+            raise AssertionError("validation ran after the stop signal")
+
+    x, y = np.ones([64, 3], "float32"), np.zeros([64, 2], "float32")
+    with preemption.stop_signals():
+        with pytest.raises(preemption.Preempted, match="stopped by SIGTERM at step 5; checkpoint saved"):
+            model.fit(x, y, batch_size=4, epochs=2, validation_data=(x, y), verbose=0,
+                      callbacks=[SignalAtStep(), NoValidation(), preemption.StopOnSignal(manager)])
+    assert manager.latest_checkpoint.endswith("ckpt-5")
+    assert int(model.optimizer.iterations.numpy()) == 5
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # restored after the block
 
 
 def _interrupted(tmp_path):

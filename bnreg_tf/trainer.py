@@ -199,9 +199,9 @@ def _writer(config, strategy, log):
         check_model_dir(config, writable=False)
         yield
         return
-    check_model_dir(config)
-    with RunLock(config.model_dir, log):
-        check_model_dir(config)   # another process may have written it before we locked
+    check_model_dir(config, compare=False)   # never lock (write) in a foreign dir
+    with RunLock(config.model_dir, log):   # a busy dir is refused as busy, whatever its config
+        check_model_dir(config)
         remove_leftovers(config.model_dir, log)
         yield
 

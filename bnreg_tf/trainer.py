@@ -1,16 +1,16 @@
 """`train(config)`: one run from a RunConfig, resumable, ending in an evaluation and a SavedModel.
 
 Model dir layout: `config.json` (the resolved config), `checkpoints/` (tf.train.CheckpointManager:
-model, optimizer with its slots and EMA, step counter), `log.csv` (one row per epoch: loss,
-accuracy, each penalty, validation metrics, NormMonitor norms, learning rate, images/s),
-`tensorboard/`, `results.json` (final evaluation) and `export/` (the SavedModel).
+model, optimizer with its slots and EMA, step counter), `log.csv` (one row per epoch, 1-based:
+loss, accuracy, each penalty, validation metrics, NormMonitor norms, mean learning rate,
+images/s), `tensorboard/{train,validation}/` (per-step scalars and HParams, bnreg_tf.callbacks),
+`normalization.json` (datasets without published statistics), `results.json` (validation on the
+holdout, then the test split scored once) and `export/` (the SavedModel).
 A model dir holding a different config is refused before anything is written.
 """
 import contextlib
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -19,17 +19,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnreg_tf import callbacks as cb, keras_fixes
+from bnreg_tf import callbacks as cb, keras_fixes, progress
 from bnreg_tf.compilation import choose_jit_compile
 from bnreg_tf.config import ConfigError, RunConfig, validate
 from bnreg_tf.data import catalog, pipeline
 from bnreg_tf.diagnostics import NormMonitor
 from bnreg_tf.export import export_saved_model
 from bnreg_tf.models import build_network, native_image_size
+from bnreg_tf.results import dataset_record, evaluate_split, split_results
 from bnreg_tf.schedules import make_optimizer
 from bnreg_tf.strategies import (check_batch_split, is_chief, make_strategy, split_cpu,
                                   worker_scratch_dir)
 from bnreg_tf.training import Classifier
+from bnreg_tf.warm_start import restore_init_from
 from efficientnet.optim import ReferenceRMSprop, average_sources
 
 # Fields that may differ when a run is resumed: where data/outputs live and how it is executed.
@@ -67,7 +69,8 @@ def check_model_dir(config):
         if old != new:
             raise ConfigError(
                 f"--model_dir={model_dir} holds a run with a different config (--{name}={old!r} "
-                f"there, {new!r} asked); repeat that run's flags or use a new --model_dir")
+                f"there, {new!r} asked); repeat that run's flags, or branch it: --init_from={model_dir} "
+                f"--model_dir=NEW_DIR starts a new run from its weights")
     return True
 
 
@@ -80,21 +83,6 @@ def write_atomically(path, text):
         f.flush()
         os.fsync(f.fileno())
     os.replace(staging, path)
-
-
-def _truncate_log(path, first_epoch_to_drop):
-    """Drops log rows of epochs that will run again (killed after logging, before checkpoint)."""
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < first_epoch_to_drop]
-    if len(kept) != len(rows):
-        text = io.StringIO()
-        csv.writer(text).writerows(kept)
-        write_atomically(path, text.getvalue())
 
 
 def set_precision(config, strategy):
@@ -135,6 +123,8 @@ class Run:
     eval_split: str
     start_step: int = 0
     write_dir: str = ""   # the model dir on the chief, a scratch dir on other workers
+    splits: catalog.Splits = None   # train / validation (None: --noholdout) / test
+    init_from: str = ""   # the checkpoint the weights came from (--init_from), if any
 
     @property
     def chief(self):
@@ -163,17 +153,18 @@ def build_run(config, strategy=None):
     strategy = strategy or make_strategy(config.strategy, config.tpu)
     check_batch_split(strategy, config.batch_size)
     check_batch_split(strategy, config.eval_batch_size, "eval_batch_size")
-    spec = catalog.DATASETS[config.dataset]
-    train_split, eval_split, train_examples, _ = catalog.split_plan(config.dataset, config.holdout)
-    for split in (train_split, eval_split):  # fail fast, before anything is written
-        catalog.load(config.dataset, split, config.data_dir, config.download)
-    steps_per_epoch = config.steps_per_epoch or max(1, train_examples // config.batch_size)
+    spec, splits = catalog.plan_for(config)
+    train_split, eval_split = splits.train, splits.validation
+    for split in (splits.train, splits.validation, splits.test):  # fail fast, before any write
+        if split:
+            catalog.load(config.dataset, split, config.data_dir, config.download)
+    steps_per_epoch = config.steps_per_epoch or max(1, splits.train_examples // config.batch_size)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     set_precision(config, strategy)
     image_size = native_image_size(config, spec)
-    preprocessing = pipeline.preprocessing_for(config, image_size)
+    preprocessing = pipeline.preprocessing_for(config, image_size, spec, splits)
     with strategy.scope():
         network = build_network(config, spec, image_size)
         trainer = Classifier(network, spec.num_classes, config.label_smoothing,
@@ -200,12 +191,16 @@ def build_run(config, strategy=None):
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         start_step = int(trainer.optimizer.iterations.numpy())
+    init_from = ""
+    if not latest and config.init_from:
+        init_from = restore_init_from(config, network)
     return Run(config, strategy, trainer, network, optimizer, preprocessing, manager,
-               steps_per_epoch, train_split, eval_split, start_step, write_dir)
+               steps_per_epoch, train_split, eval_split, start_step, write_dir, splits, init_from)
 
 
 def _probe(run):
-    dataset = pipeline.eval_dataset(run.config, run.preprocessing, run.eval_split,
+    dataset = pipeline.eval_dataset(run.config, run.preprocessing,
+                                    run.eval_split or run.splits.test,  # norms only, no selection
                                     run.config.norm_probe_size, limit=run.config.norm_probe_size)
     return next(iter(dataset))[0].numpy()
 
@@ -224,7 +219,8 @@ def _train_input(run, start_step):
 def train(config, strategy=None, log=print, verbose=None):
     """Trains (or resumes) the run `config` describes; returns the final results dict.
 
-    `verbose`: Keras' progress output (default 2, one line per epoch; 0 when BNREG_QUIET is set).
+    `verbose`: None (default) picks the progress output (`bnreg_tf.progress`): Keras' bar on a
+    terminal, progress lines otherwise, nothing when BNREG_QUIET is set; 0 = silent.
     """
     run = build_run(config, strategy)
     config = run.config
@@ -234,7 +230,7 @@ def train(config, strategy=None, log=print, verbose=None):
     report = log
     if not run.chief:
         log = _silent
-    log(f"bnreg: config\n{config.to_json()}")
+    log(progress.summary(run, _path(config, "config.json")))
     start, total, spe = run.start_step, run.total_steps, run.steps_per_epoch
     guard = cb.NonFiniteGuard()
     monitor = NormMonitor(_probe(run))
@@ -250,20 +246,18 @@ def train(config, strategy=None, log=print, verbose=None):
         if start:
             log(f"bnreg: resuming from {run.checkpoint_manager.latest_checkpoint} (step {start})")
         log_path = os.path.join(run.write_dir, "log.csv")
-        _truncate_log(log_path, start // spe)
         callbacks = [guard, monitor, cb.RunStats(config.batch_size)]
         if run.averages_weights:
             callbacks.append(cb.AveragedEvaluation(run.optimizer))
-        callbacks += [keras.callbacks.CSVLogger(log_path, append=True),
+        callbacks += [cb.EpochLog(log_path, spe),  # 1-based epochs; drops rows to be redone
                       cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps)]
         if run.chief:
-            callbacks.append(cb.ScalarSummaries(_path(config, "tensorboard")))
-        validation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
-                                           config.eval_batch_size)
+            callbacks.append(cb.TensorBoardLog(_path(config, "tensorboard"), config))
+        validation = None if run.eval_split is None else pipeline.eval_dataset(
+            config, run.preprocessing, run.eval_split, config.eval_batch_size)
         epoch, into_epoch = divmod(start, spe)
-        if verbose is None:
-            verbose = 2 if os.environ.get("BNREG_QUIET") is None else 0
-        verbose = verbose if run.chief else 0
+        verbose, shown = progress.choose(verbose if run.chief else 0, config, spe)
+        callbacks += shown
         if into_epoch:  # a step checkpoint: finish that epoch first, then go on per epoch
             run.trainer.fit(_train_input(run, start), epochs=epoch + 1, initial_epoch=epoch,
                             steps_per_epoch=spe - into_epoch, validation_data=validation,
@@ -276,7 +270,9 @@ def train(config, strategy=None, log=print, verbose=None):
     if guard.tripped is not None:
         raise cb.NonFiniteLoss(
             f"loss became non-finite at step {guard.tripped}; training stopped. Last good "
-            f"checkpoint: {run.checkpoint_manager.latest_checkpoint or 'none saved yet'}")
+            f"checkpoint: {run.checkpoint_manager.latest_checkpoint or 'none saved yet'}; to go "
+            f"on with other settings (e.g. a lower --learning_rate), start a new run from it: "
+            f"--init_from={config.model_dir} --model_dir=NEW_DIR")
     results = finish(run, monitor, log)
     if not run.chief:
         report(f"bnreg: worker done after {results['steps']} steps; trainable weights sha256 "
@@ -295,21 +291,21 @@ def weights_fingerprint(network):
 def finish(run, monitor, log=print):
     """Final evaluation (averaged weights where the recipe has them), results.json and export."""
     config = run.config
-    evaluation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
-                                       config.eval_batch_size)
     with run.averaged():
-        metrics = run.trainer.evaluate(evaluation, verbose=0, return_dict=True)
+        scores = {}   # the holdout (unless --noholdout), then the test split, scored once
+        for role, split in (("validation", run.eval_split), ("test", run.splits.test)):
+            if split:
+                scores[role] = evaluate_split(run, split)
         probe = NormMonitor(monitor.probe)
         probe.set_model(run.trainer)
         final_norms = probe.measure()
         export_path = None
         if config.export and run.chief:
             export_path = export_saved_model(run.network, run.preprocessing,
-                                             _path(config, "export"))
+                                             _path(config, "export"),
+                                             dataset_record(run))
     results = {
-        "eval_split": run.eval_split,
-        "eval_accuracy": float(metrics["accuracy"]),
-        "eval_cross_entropy": float(metrics["cross_entropy"]),
+        **split_results(scores),
         "steps": int(run.trainer.optimizer.iterations.numpy()),
         "epochs": config.epochs,
         "norms": final_norms,
@@ -321,8 +317,7 @@ def finish(run, monitor, log=print):
         shutil.rmtree(run.write_dir, ignore_errors=True)
         return results
     write_atomically(_path(config, "results.json"), json.dumps(results, indent=2) + "\n")
-    log(f"bnreg: {run.eval_split} accuracy {results['eval_accuracy']:.4f} after "
-        f"{results['steps']} steps; results in {_path(config, 'results.json')}")
+    log(progress.final_line(results, _path(config, "results.json")))
     return results
 
 
@@ -332,7 +327,8 @@ def export_from_checkpoint(config, strategy=None, log=print):
     if run.checkpoint_manager.latest_checkpoint is None:
         raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
     with run.averaged():
-        path = export_saved_model(run.network, run.preprocessing, _path(config, "export"))
+        path = export_saved_model(run.network, run.preprocessing, _path(config, "export"),
+                                  dataset_record(run))
     log(f"bnreg: exported {run.checkpoint_manager.latest_checkpoint} to {path}")
     return path
 

@@ -200,6 +200,8 @@ class TensorBoardLog(keras.callbacks.Callback):
                     value = float(value)
                 except (TypeError, ValueError):
                     continue
+                if abs(value) > 3e38:  # beyond float32 (a diverging norm): log it as inf
+                    value = math.copysign(math.inf, value)
                 tf.summary.scalar(key, value)
 
     def on_train_begin(self, logs=None):

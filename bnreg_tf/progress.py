@@ -40,7 +40,7 @@ def _clock(seconds):
 
 def _number(value):
     value = float(value)
-    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return f"{value:.4g}"
 
 
 class ProgressLines(keras.callbacks.Callback):
@@ -122,11 +122,11 @@ def summary(run, config_path):
     size = run.preprocessing.image_size
     penalties = [f"{name}={getattr(config, name):g}" for name in PENALTIES
                  if getattr(config, name)]
-    data = (f"{config.dataset} ({size}x{size}x{spec.channels}, {spec.num_classes} classes; "
-            f"train {splits.train} ({splits.train_examples})")
-    data += f", validation {splits.validation} ({splits.validation_examples})" \
-        if splits.validation else ", no holdout"
-    data += f", test {splits.test})"
+    data = (f"{config.dataset} ({size}x{size}x{spec.channels}, {spec.num_classes} classes): "
+            f"train {splits.train_examples} images ({splits.train})")
+    data += f", validation {splits.validation_examples} ({splits.validation})" \
+        if splits.validation else ", no holdout (--noholdout)"
+    data += f", test {splits.test_examples} ({splits.test})"
     norm = "mean " + "/".join(f"{m:.1f}" for m in run.preprocessing.mean) + ", std " + \
         "/".join(f"{s:.1f}" for s in run.preprocessing.std)
     lines = [
@@ -136,7 +136,7 @@ def summary(run, config_path):
         f"  training: batch {config.batch_size}, {config.epochs} epochs x {run.steps_per_epoch} "
         f"steps, {config.optimizer} lr {config.learning_rate:g} ({config.schedule}), seed "
         f"{config.seed}",
-        f"  execution: {type(run.strategy).__name__} ({run.strategy.num_replicas_in_sync} "
+        f"  execution: strategy {config.strategy} ({run.strategy.num_replicas_in_sync} "
         f"replica{'s' if run.strategy.num_replicas_in_sync != 1 else ''}), precision "
         f"{k.mixed_precision.global_policy().name}",
     ]

@@ -7,8 +7,8 @@ Classes are the sorted sub-folder names of `train/` (label = index); `test/` may
 not add any. Files are listed in sorted order and then put in one fixed pseudo-random order
 (seed 0), so the holdout and the carved test share, which are slices of that order
 (`train[a:b]`, as TFDS writes them), hold every class. Images are decoded in tf.data; grey and
-colour files may mix: the channel count is that of the first image listed (1 or 3) and every
-image is decoded to it.
+colour files may mix: the channel count is that of the first image in sorted order (1 or 3) and
+every image is decoded to it.
 """
 import os
 import re
@@ -63,11 +63,31 @@ def listing(data_dir, part):
     return tuple(classes), [paths[i] for i in order], [labels[i] for i in order]
 
 
-def _shape(path):
-    import tensorflow as tf
+def image_shape(path):
+    """`(height, width, channels)` from a PNG or JPEG header (channels 1 = grey, else 3).
 
-    image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-    return tuple(int(d) for d in image.shape)
+    Read without TensorFlow: the spec is made while flags are checked, before the binaries
+    configure TensorFlow's devices (which any TF op would initialise).
+    """
+    with open(path, "rb") as f:
+        head = f.read(26)
+        if head[:8] == b"\x89PNG\r\n\x1a\n":
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            return height, width, 1 if head[25] in (0, 4) else 3
+        if head[:2] != b"\xff\xd8":
+            raise ValueError(f"{path} is neither a PNG nor a JPEG file")
+        f.seek(2)
+        while True:
+            marker = f.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                raise ValueError(f"{path}: no JPEG frame header found")
+            length = int.from_bytes(f.read(2), "big")
+            if marker[1] in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+                             0xCE, 0xCF):   # start of frame: precision, height, width, components
+                frame = f.read(6)
+                height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+                return height, width, 1 if frame[5] == 1 else 3
+            f.seek(length - 2, 1)
 
 
 def folder_spec(data_dir):
@@ -81,10 +101,10 @@ def folder_spec(data_dir):
     test_examples = len(listing(data_dir, "test")[1]) if has_test else 0
     try:
         step = max(1, len(paths) // _SIZE_SAMPLE)
-        shapes = {_shape(path) for path in paths[::step][:_SIZE_SAMPLE]}
-        channels = 1 if _shape(sorted(paths)[0])[2] in (1, 2) else 3
-    except Exception as error:  # undecodable file
-        raise DataError(f"--data_dir={data_dir}: cannot decode an image "
+        shapes = {image_shape(path) for path in paths[::step][:_SIZE_SAMPLE]}
+        channels = image_shape(sorted(paths)[0])[2]
+    except (OSError, ValueError) as error:  # unreadable or not an image
+        raise DataError(f"--data_dir={data_dir}: cannot read an image header "
                         f"({str(error).strip().splitlines()[0][:160]})") from None
     heights, widths = {s[0] for s in shapes}, {s[1] for s in shapes}
     height = heights.pop() if len(heights) == 1 else 0

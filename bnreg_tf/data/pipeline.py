@@ -157,13 +157,13 @@ def normalization_stats(config, spec, train_split):
     def moments(example):
         pixels = tf.reshape(tf.cast(example["image"], tf.float64), [-1, spec.channels])
         return (tf.reduce_sum(pixels, 0), tf.reduce_sum(tf.square(pixels), 0),
-                tf.cast(tf.shape(pixels)[0], tf.float64))
+                tf.cast(tf.shape(pixels)[0], tf.float64), tf.constant(1, tf.int64))
 
     zeros = tf.zeros([spec.channels], tf.float64)
-    total, squares, count = examples.take(STATS_EXAMPLES).map(
+    total, squares, count, images = examples.take(STATS_EXAMPLES).map(
         moments, num_parallel_calls=tf.data.AUTOTUNE).reduce(
-        (zeros, zeros, tf.constant(0.0, tf.float64)),
-        lambda state, item: (state[0] + item[0], state[1] + item[1], state[2] + item[2]))
+        (zeros, zeros, tf.constant(0.0, tf.float64), tf.constant(0, tf.int64)),
+        lambda state, item: tuple(a + b for a, b in zip(state, item)))
     if float(count) == 0:
         raise catalog.DataError(f"--dataset={config.dataset}: the training split is empty")
     mean = (total / count).numpy()
@@ -174,7 +174,7 @@ def normalization_stats(config, spec, train_split):
         from bnreg_tf.trainer import write_atomically
 
         write_atomically(path, json.dumps({**key, "mean": mean, "std": std,
-                                           "examples": min(STATS_EXAMPLES, spec.train_examples)},
+                                           "examples": int(images)},
                                           indent=2) + "\n")
     return tuple(mean), tuple(std)
 

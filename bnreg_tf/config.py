@@ -94,7 +94,7 @@ class RunConfig:
                                "the decay period [epochs], e.g. 2.4", "optimisation")
     decay_rate: float = _field(0.1, "LR multiplier at each decay [factor] (goyal 0.1, "
                                "efficientnet 0.97)", "optimisation")
-    momentum: float = _field(0.9, "SGD / RMSProp momentum [factor in 0..1)", "optimisation")
+    momentum: float = _field(0.9, "SGD / RMSProp momentum [factor, 0 <= m < 1]", "optimisation")
     nesterov: bool = _field(False, "Nesterov momentum (sgd) [bool]", "optimisation")
     fixup_scalar_lr: float = _field(1.0, "LR multiplier of Fixup scalars [factor] (reference: "
                                     "0.1)", "optimisation")
@@ -238,9 +238,12 @@ def validate(config):
         from bnreg_tf.warm_start import source_checkpoint
 
         source_checkpoint(config)
-    from bnreg_tf.data.catalog import plan_for
+    from bnreg_tf.data.catalog import DataError, plan_for
 
-    spec, _ = plan_for(config)  # DataError (exit 2) for an unknown or unreadable dataset
+    try:
+        spec, _ = plan_for(config)
+    except DataError as error:  # an unknown name, a folder without train/, unprepared data
+        raise ConfigError(str(error)) from None
     _require(config.augment != "randaugment" or spec.channels == 3,
              "augment", "an RGB dataset for randaugment", config.dataset)
     return config

@@ -268,11 +268,12 @@ def train(config, strategy=None, log=print, verbose=None):
                             steps_per_epoch=spe, validation_data=validation,
                             callbacks=callbacks, verbose=verbose, shuffle=False)
     if guard.tripped is not None:
+        good = run.checkpoint_manager.latest_checkpoint
+        branch = (f"; to go on with other settings (e.g. a lower --learning_rate), start a new "
+                  f"run from it: --init_from={config.model_dir} --model_dir=NEW_DIR") if good else ""
         raise cb.NonFiniteLoss(
             f"loss became non-finite at step {guard.tripped}; training stopped. Last good "
-            f"checkpoint: {run.checkpoint_manager.latest_checkpoint or 'none saved yet'}; to go "
-            f"on with other settings (e.g. a lower --learning_rate), start a new run from it: "
-            f"--init_from={config.model_dir} --model_dir=NEW_DIR")
+            f"checkpoint: {good or 'none saved yet'}{branch}")
     results = finish(run, monitor, log)
     if not run.chief:
         report(f"bnreg: worker done after {results['steps']} steps; trainable weights sha256 "

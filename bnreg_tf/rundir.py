@@ -183,8 +183,8 @@ def check_model_dir(config, writable=True, compare=True):
         name, old, new = difference
         raise ConfigError(
             f"--model_dir={model_dir} holds a run with a different config (--{name}={old!r} "
-            f"there, {new!r} asked); repeat that run's flags, or branch from it with a new "
-            f"--model_dir and --init_from={model_dir}")
+            f"there, {new!r} asked); repeat that run's flags, or branch it: "
+            f"--init_from={model_dir} --model_dir=NEW_DIR starts a new run from its weights")
     return True
 
 

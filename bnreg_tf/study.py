@@ -416,7 +416,7 @@ def _curves(model_dir, results):
         rows = list(csv.DictReader(f))
     initial = results.get("initial_norms") or {}
     return {
-        "epoch": [0] + [int(r["epoch"]) + 1 for r in rows],
+        "epoch": [0] + [int(r["epoch"]) for r in rows],   # log.csv counts epochs from 1
         "val_accuracy": [None] + [float(r["val_accuracy"]) for r in rows],
         "embedding_norm_sq": [initial.get("probe_embedding_norm_sq")] +
                              [float(r["probe_embedding_norm_sq"]) for r in rows],

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnreg_tf import trainer
+from bnreg_tf import rundir, trainer
 from bnreg_tf.config import ConfigError
 from bnreg_tf.data import catalog, folder, pipeline
 from bnreg_tf.data.digits import digits_arrays
 from bnreg_tf.presets import PRESETS
+
+DEFAULT = tf.distribute.get_strategy()  # the process strategy the binaries would pass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOCK = os.path.join(ROOT, "tests", "mock_tfds_run.py")
@@ -295,13 +297,13 @@ def test_init_from_starts_from_the_source_checkpoints_weights(tmp_path):
     source = PRESETS["digits"].replace(model_dir=str(tmp_path / "source"), epochs=1,
                                        steps_per_epoch=3, batch_size=16, export=False,
                                        norm_probe_size=8)
-    trained = trainer.train(source, log=lambda *_: None, verbose=0)
+    trained = trainer.train(source, DEFAULT, log=lambda *_: None, verbose=0)
     branch = source.replace(model_dir=str(tmp_path / "branch"), init_from=source.model_dir,
                             learning_rate=0.01, epochs=2)
-    run_ = trainer.build_run(branch)
+    run_ = trainer.build_run(branch, DEFAULT)
     # The trainable weights are the source's final ones (its last checkpoint), not a fresh init.
     assert trainer.weights_fingerprint(run_.network) == trained["weights_sha256"]
-    fresh = trainer.build_run(branch.replace(init_from="", model_dir=str(tmp_path / "fresh")))
+    fresh = trainer.build_run(branch.replace(init_from="", model_dir=str(tmp_path / "fresh")), DEFAULT)
     assert trainer.weights_fingerprint(fresh.network) != trained["weights_sha256"]
     # BatchNorm statistics too: every variable equals the checkpoint's value.
     latest = tf.train.latest_checkpoint(os.path.join(source.model_dir, "checkpoints"))
@@ -315,7 +317,8 @@ def test_init_from_starts_from_the_source_checkpoints_weights(tmp_path):
     assert int(run_.trainer.optimizer.iterations.numpy()) == 0   # a fresh optimizer
     assert run_.init_from == latest
     with pytest.raises(ConfigError, match="--init_from"):
-        trainer.build_run(branch.replace(model="wrn16_1", model_dir=str(tmp_path / "other")))
+        trainer.build_run(branch.replace(model="wrn16_1", model_dir=str(tmp_path / "other")),
+                          DEFAULT)
 
 
 def test_refusals_point_to_init_from(tmp_path):
@@ -324,4 +327,4 @@ def test_refusals_point_to_init_from(tmp_path):
     with open(os.path.join(config.model_dir, "config.json"), "w") as f:
         f.write(config.to_json())
     with pytest.raises(ConfigError, match=f"--init_from={config.model_dir} --model_dir=NEW_DIR"):
-        trainer.check_model_dir(config.replace(learning_rate=0.2))
+        rundir.check_model_dir(config.replace(learning_rate=0.2))

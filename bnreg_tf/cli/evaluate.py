@@ -46,8 +46,8 @@ def define_flags():
 
 
 def main():
-    from bnreg_tf import evaluate, trainer
-    from bnreg_tf.data import catalog, pipeline
+    from bnreg_tf import evaluate, rundir
+    from bnreg_tf.data import pipeline
 
     if not FLAGS.saved_model:
         raise ConfigError("--saved_model: expected the SavedModel directory to score")
@@ -63,6 +63,10 @@ def main():
                           "dataset to score")
     data_dir = FLAGS.data_dir if FLAGS.data_dir is not None else (
         record.get("data_dir", "") if dataset == record.get("dataset") else "")
+    name = dataset.replace("/", "_")
+    output = FLAGS.output or os.path.join(os.path.dirname(os.path.abspath(FLAGS.saved_model)),
+                                          f"eval_{name}.json")
+    rundir.check_output_file(output, "--output")   # before the evaluation, not after it
     initialize_devices()
     loaded = evaluate.load_saved_model(FLAGS.saved_model)
     split = evaluate.split_to_score(dataset, data_dir, record, FLAGS.holdout)
@@ -73,10 +77,7 @@ def main():
                                                  FLAGS.dropout_draws, FLAGS.seed)}
     if FLAGS.cifar10_c == "yes" or (FLAGS.cifar10_c == "auto" and dataset == "cifar10"):
         results["cifar10_c"] = evaluate.cifar10_c(loaded, data_dir, FLAGS.batch_size, limit)
-    name = dataset.replace("/", "_")
-    output = FLAGS.output or os.path.join(os.path.dirname(os.path.abspath(FLAGS.saved_model)),
-                                          f"eval_{name}.json")
-    trainer.write_atomically(output, json.dumps(results, indent=2))
+    rundir.write_atomically(output, json.dumps(results, indent=2))
     print(evaluate.format_report(results))
     print(f"bnreg-eval: wrote {output}")
     return 0

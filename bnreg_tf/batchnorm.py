@@ -23,8 +23,15 @@ one, `n / (n - 1)` times it (n = batch x height x width); it is multiplied back 
 The epsilon is passed unchanged (tf.compat.v1 `fused_batch_norm` raised it to 1.001e-5 for old
 cuDNN; cuDNN 7.5+ accepts any epsilon > 0).
 
-The fused kernel takes 4-D channels-last inputs. Anything else (other ranks or axes, a mask,
-`synchronized=True` cross-replica statistics, `renorm`, float64) runs Keras' own `call`.
+Training mode runs the fused kernel on 4-D channels-last inputs; anything else (other ranks or
+axes, a mask, `synchronized=True` cross-replica statistics, `renorm`, float64) runs Keras' own
+`call`. So does inference (`training=False` or a frozen layer), on purpose: TensorFlow's grappler
+remapper rewrites `FusedBatchNormV3 -> Relu` into oneDNN's `_FusedBatchNormEx` on CPU, whose
+ReLU maps NaN to 0, where Keras' BatchNormalization + ReLU propagate it. A diverged network
+would then give finite logits and losses (bnreg's NaN guard, `callbacks.NonFiniteGuard`, would
+never trip). In training, a control edge out of the fused op (the moving-statistics update
+waits on it) rules that rewrite out; in inference there is no such consumer, and Keras' affine
+map `x * a + b` is two cheap passes (inference is not where training time goes).
 """
 import keras
 import tensorflow as tf
@@ -43,28 +50,24 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 and keras.backend.standardize_dtype(inputs.dtype) in _FUSED_DTYPES)
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
+        if not (training and self.trainable and self._fusable(inputs, mask)):
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
         scale = self.gamma if self.scale else tf.ones((channels,), tf.float32)
         offset = self.beta if self.center else tf.zeros((channels,), tf.float32)
-        if training and self.trainable:
-            outputs, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs, scale=tf.cast(scale, tf.float32), offset=tf.cast(offset, tf.float32),
-                mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32),
-                epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
-                is_training=True)
-            shape = tf.shape(inputs)
-            count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
-            # The kernel's Bessel factor is n / max(n - 1, 1); undo it to get Keras' variance.
-            variance = unbiased_variance * (tf.maximum(count - 1.0, 1.0) / count)
+        outputs, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=tf.cast(scale, tf.float32), offset=tf.cast(offset, tf.float32),
+            mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32),
+            epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+            is_training=True)
+        shape = tf.shape(inputs)
+        count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+        # The kernel's Bessel factor is n / max(n - 1, 1); undo it to get Keras' variance.
+        variance = unbiased_variance * (tf.maximum(count - 1.0, 1.0) / count)
+        # A control edge out of the fused op keeps grappler from fusing it with a following
+        # Relu (see the module docstring): that oneDNN kernel turns NaN into 0.
+        with tf.control_dependencies([outputs]):
             self._update_moving_statistics(mean, variance)
-        else:
-            outputs, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs, scale=tf.cast(scale, tf.float32), offset=tf.cast(offset, tf.float32),
-                mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32),
-                epsilon=self.epsilon, data_format="NHWC", is_training=False)
         return tf.cast(outputs, self.compute_dtype)
 
     def _update_moving_statistics(self, mean, variance):

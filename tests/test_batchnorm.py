@@ -122,6 +122,16 @@ def test_channels_last_4d_runs_the_fused_kernel_and_nothing_else(rng):
     assert not ops & {"Mean", "SquaredDifference", "Rsqrt"}
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_nan_propagates_through_batchnorm_and_relu_in_a_graph(training):
+    """Keras' BN + ReLU propagate NaN. Grappler's oneDNN `_FusedBatchNormEx` rewrite of
+    FusedBatchNormV3 -> Relu maps it to 0, which hid divergence from the NaN guard."""
+    model = resnet.build_model("wrn10_1", num_classes=3, input_shape=(8, 8, 1))
+    logits = tf.function(lambda images: model(images, training=training)["logits"])(
+        np.full((4, 8, 8, 1), np.nan, np.float32))
+    assert np.all(np.isnan(logits))
+
+
 @pytest.mark.parametrize("shape,kwargs", [
     ((6, 8), {}),                                   # rank 2
     ((3, 4, 5, 6, 8), {}),                          # rank 5

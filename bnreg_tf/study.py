@@ -180,7 +180,7 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
 
     `variants`, `seeds`, `coefficients`: the grid flags as lists of strings (None: not given).
     Raises ConfigError (one line) for an unknown preset, an empty or duplicated list, a negative
-    seed, a coefficient no chosen variant uses, a bad run config or missing data.
+    seed, a coefficient no chosen variant uses or a bad run config (`check_data`: missing data).
     """
     from bnreg_tf.presets import preset
 
@@ -219,15 +219,18 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
             validate(spec.config)
         except ConfigError as error:
             raise ConfigError(f"{error} (run {spec.name})") from None
-    _check_data(base)
     return Study(name, chosen, base, tuple(variants), tuple(seeds), tuple(sweep or ()),
                  output_dir, tuple(runs))
 
 
-def _check_data(config):
-    """Every split a run reads (train, holdout, test) is there: one line naming what is missing."""
+def check_data(study):
+    """Every split a run reads (train, holdout, test) is there: one line naming what is missing.
+
+    Reading data initialises TensorFlow's devices: call it after the strategy is made.
+    """
     from bnreg_tf.data import catalog
 
+    config = study.base
     train_split, eval_split, _, _ = catalog.split_plan(config.dataset, True)
     _, test_split, _, _ = catalog.split_plan(config.dataset, False)
     for split in dict.fromkeys((train_split, eval_split, test_split)):

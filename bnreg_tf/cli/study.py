@@ -50,8 +50,9 @@ def main():
         records, strategy, start = study.collect(grid), None, time.time()
     else:
         study.check_reuse(grid, FLAGS.rerun_changed)
+        strategy = initialize_devices(grid.base)   # first: the data checks initialise devices
+        study.check_data(grid)
         rundir.check_writable(grid.output_dir, "--output_dir")
-        strategy = initialize_devices(grid.base)
         print(f"bnreg-study: {len(grid.runs[shard[0]::shard[1]])} of {len(grid.runs)} runs "
               f"({len(grid.variants)} variants x {len(grid.seeds)} seeds"
               f"{f' x {len(grid.sweep)} coefficients' if grid.sweep else ''}) of "

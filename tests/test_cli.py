@@ -202,6 +202,10 @@ BAD_FLAGS = [
     (["bnreg_tf.cli.evaluate", "--saved_model={model_dir}/export", "--dataset=not_a_dataset"],
      "bnreg-eval: error: --dataset:"),
     (["run_imagenet.py", "--preset=digits"], "run_imagenet.py: error: --preset:"),
+    (["bnreg_tf.cli.evaluate", "--saved_model={model_dir}/export", "--output=/proc/r.json"],
+     "bnreg-eval: error: --output=/proc/r.json: cannot write there"),
+    (["bnreg_tf.cli.evaluate", "--saved_model={model_dir}/export", "--output={model_dir}"],
+     "bnreg-eval: error: --output="),
 ]
 
 
@@ -227,3 +231,13 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(finished_run, tmp_p
     assert "Traceback" not in result.stderr
     assert _snapshot(finished_run) == before
     assert not os.path.exists(fresh)
+
+
+def test_eval_writes_a_bare_output_file_name_into_the_working_dir(finished_run, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
+                             f"--saved_model={finished_run}/export", "--output=r.json"],
+                            cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ROOT},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "r.json") as f:
+        assert json.load(f)["examples"] == 360

@@ -105,7 +105,7 @@ def test_stop_signal_saves_a_checkpoint_and_the_repeat_ends_identical(tmp_path, 
     _assert_identical(reference, model_dir)
     # The epoch resumed mid-way logs the loss and accuracy of all its steps, as the unbroken one.
     ours, theirs = _log(model_dir), _log(reference)
-    assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == ["0", "1"]
+    assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == ["1", "2"]
     for column in ("loss", "accuracy", "embedding_l2", "val_loss"):
         assert [float(r[column]) for r in ours] == [float(r[column]) for r in theirs], column
 

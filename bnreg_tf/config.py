@@ -15,6 +15,7 @@ AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "goyal", "randaugment")
 WEIGHT_DECAY_EXCLUDE = ("none", "batchnorm", "batchnorm_and_bias")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 ACTIVATIONS = ("relu", "swish")
+RANDAUGMENT_VARIANTS = ("reference", "corrected")  # efficientnet.augment_ops.VARIANTS
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,9 @@ class RunConfig:
     augment: str = _field("auto", "auto, none, crop, crop_flip, goyal or randaugment")
     randaugment_layers: int = _field(2, "RandAugment N")
     randaugment_magnitude: float = _field(10.0, "RandAugment M")
+    randaugment_variant: str = _field(
+        "reference", "reference (the EfficientNet TPU code's arithmetic: uint8 wrap of Solarize/"
+        "Posterize, pixel-count Contrast) or corrected (PIL's definitions, saturating levels)")
     # Optimization
     optimizer: str = _field("sgd", "sgd (momentum) or rmsprop_reference (EfficientNet TF1 RMSProp)")
     learning_rate: float = _field(0.05, "Base learning rate (at --lr_reference_batch if that is set)")
@@ -160,6 +164,7 @@ def validate(config):
     for name, choices in (("precision", PRECISIONS), ("compilation", COMPILATION),
                           ("schedule", SCHEDULES), ("optimizer", OPTIMIZERS),
                           ("augment", AUGMENTATIONS), ("strategy", STRATEGIES),
+                          ("randaugment_variant", RANDAUGMENT_VARIANTS),
                           ("weight_decay_exclude", WEIGHT_DECAY_EXCLUDE)):
         _require(getattr(config, name) in choices, name, f"one of {', '.join(choices)}",
                  getattr(config, name))

@@ -40,7 +40,7 @@ class Preprocessing:
     image_size: int
     mean: tuple
     std: tuple
-    randaugment: tuple = ()   # (num_layers, magnitude) when augment == "randaugment"
+    randaugment: tuple = ()   # (num_layers, magnitude, variant) when augment == "randaugment"
 
     def normalize(self, image):
         image = tf.cast(image, tf.float32)
@@ -126,7 +126,8 @@ def preprocessing_for(config, image_size):
         eval_kind = "goyal" if augment == "goyal" else "plain"
         mean, std = NORMALIZATION[config.dataset]
     return Preprocessing(augment, eval_kind, image_size, tuple(mean), tuple(std),
-                         (config.randaugment_layers, config.randaugment_magnitude))
+                         (config.randaugment_layers, config.randaugment_magnitude,
+                          config.randaugment_variant))
 
 
 def train_dataset(config, preprocessing, split, steps_per_epoch, batch_size, start_step=0,

@@ -40,7 +40,8 @@ def _check(variant):
 def blend(degenerate, image, factor):
     """`degenerate + factor * (image - degenerate)` in float32, clipped to [0, 255], truncated."""
     degenerate, image = tf.cast(degenerate, tf.float32), tf.cast(image, tf.float32)
-    return tf.cast(tf.clip_by_value(degenerate + factor * (image - degenerate), 0.0, 255.0), tf.uint8)
+    blended = degenerate + factor * (image - degenerate)
+    return tf.cast(tf.clip_by_value(blended, 0.0, 255.0), tf.uint8)
 
 
 def grayscale(image, variant="reference"):
@@ -193,7 +194,7 @@ def translate_y(image, pixels):
 
 
 def cutout(image, pad_size, seed):
-    """Fill a (2 pad_size)^2 square (clipped at the borders), centre uniform over the image, with 128."""
+    """Fill a (2 pad_size)^2 square, clipped at the borders, centred uniformly, with 128."""
     shape = tf.shape(image)
     seeds = tf.random.experimental.stateless_split(seed, 2)
     cy = tf.random.stateless_uniform([], seeds[0], 0, shape[0], dtype=tf.int32)

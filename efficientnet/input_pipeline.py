@@ -25,7 +25,8 @@ def normalize(image):
 
 
 def center_crop_window(shape, image_size):
-    """[y, x, h, w] of the reference eval crop: a centred square of `size/(size+32)` of min(h, w)."""
+    """[y, x, h, w] of the reference eval crop: a centred square, 0.875 of min(h, w) as the
+    reference rounds it: `size / (size + round(size / 7))` (size/(size+32) at 224)."""
     height, width = shape[0], shape[1]
     padding = round(image_size * (1 / CROP_FRACTION - 1))  # reference: 32 at 224, 96 at 672 (B8)
     fraction = image_size / (image_size + padding)

@@ -7,10 +7,11 @@ Two variants of the pixel arithmetic (`--randaugment_variant`):
   saw. Its uint8 comparisons wrap the Solarize threshold modulo 256 (M=10 inverts every pixel,
   M=28 thresholds at 204); its uint8 shift wraps Posterize's `8 - bits` and TF clamps the shift
   to 7 (M=28 keeps only the top bit); Contrast blends with `pixel count / 256` instead of the
-  mean grey; greyscale is TF's `rgb_to_grayscale`; Sharpness truncates the smoothed image.
+  mean grey; greyscale is TF's `rgb_to_grayscale`; Sharpness truncates the smoothed image;
+  AutoContrast computes in float32.
 - `corrected`: the same ops with PIL's definitions (`ImageOps` / `ImageEnhance`): saturating
   levels (posterize keeps min(8, bits) bits, a threshold above 255 changes nothing), Contrast with
-  PIL's rounded mean grey, PIL's "L" greyscale and rounded SMOOTH filter.
+  PIL's rounded mean grey, PIL's "L" greyscale, rounded SMOOTH filter, float64 AutoContrast.
 
 Shared by both: the blend `d + f (x - d)` in float32, clipped to 0..255 and truncated (PIL and
 the reference agree); geometric ops with nearest-neighbour sampling through core TF's

@@ -18,7 +18,7 @@ def _crop(image, size):
     return tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
 
 
-def rows(size=224, shape=(375, 500), count=640, rounds=3, seed=0):
+def rows(size=224, shape=(375, 500), count=2560, rounds=5, seed=0):
     """Yields `(resize, images/s, ratio to tf.image.resize)` rows."""
     images = np.random.default_rng(seed).integers(0, 256, size=(64, *shape, 3), dtype=np.uint8)
     resizes = {

@@ -11,6 +11,7 @@ The peak is `learning_rate * batch_size / lr_reference_batch` when `lr_reference
 import keras
 import tensorflow as tf
 
+from bnreg_tf.data.catalog import split_plan
 from efficientnet.optim import ReferenceRMSprop, WarmupExponentialDecay
 
 
@@ -68,8 +69,6 @@ def examples_steps_per_epoch(config, steps_per_epoch):
     the training split (`--steps_per_epoch=0`); otherwise the given whole number of steps."""
     if config.steps_per_epoch:
         return steps_per_epoch
-    from bnreg_tf.data.catalog import split_plan
-
     return split_plan(config.dataset, config.holdout)[2] / config.batch_size
 
 

@@ -242,7 +242,7 @@ def _train(config, strategy, log, verbose):
             callbacks.append(cb.AveragedEvaluation(run.optimizer))
         callbacks += [cb.EpochLog(log_path, spe),  # 1-based epochs; drops rows to be redone
                       cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps),
-                      preemption.StopOnSignal(run.checkpoint_manager)]   # inert outside the block
+                      preemption.stop_callback(strategy, run.checkpoint_manager)]
         if run.chief:
             callbacks.append(cb.TensorBoardLog(_path(config, "tensorboard"), config))
         validation = None if run.eval_split is None else pipeline.eval_dataset(

@@ -104,10 +104,20 @@ def test_two_local_workers_match_one_device_and_each_other(tmp_path):
     assert chief["steps"] == 6
 
 
-def test_multi_worker_run_killed_and_restarted_resumes(tmp_path):
-    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
-    flags = ("--functional_l2=0.3", "--checkpoint_steps=2", "--epochs=3")
-    _finish(_start_workers(reference, *flags))
+INTERRUPTED = ("--functional_l2=0.3", "--checkpoint_steps=2", "--epochs=3")
+
+
+@pytest.fixture(scope="module")
+def unbroken_two_workers(tmp_path_factory):
+    """One uninterrupted 2-worker run, the reference of the kill and SIGTERM tests."""
+    reference = str(tmp_path_factory.mktemp("unbroken") / "reference")
+    _finish(_start_workers(reference, *INTERRUPTED))
+    return reference
+
+
+def test_multi_worker_run_killed_and_restarted_resumes(tmp_path, unbroken_two_workers):
+    reference, resumed = unbroken_two_workers, str(tmp_path / "resumed")
+    flags = INTERRUPTED
     processes = _start_workers(resumed, *flags)
     checkpoints = os.path.join(resumed, "checkpoints")
     deadline = time.time() + 300
@@ -124,5 +134,51 @@ def test_multi_worker_run_killed_and_restarted_resumes(tmp_path):
     # A resumed epoch's training metrics cover the steps after the restart (BUILD_NOTES), so
     # compare what is exact: weights, and the validation metrics of every epoch.
     _assert_same_run(reference, resumed, rtol=0, atol=0, columns=("val_loss", "val_accuracy"))
+    with open(os.path.join(resumed, "log.csv")) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def _checkpoint_steps(model_dir):
+    names = os.listdir(os.path.join(model_dir, "checkpoints"))
+    return sorted(int(n[5:-6]) for n in names if n.startswith("ckpt-") and n.endswith(".index"))
+
+
+def test_sigterm_to_one_worker_stops_all_at_one_step_and_resumes(tmp_path, unbroken_two_workers):
+    """PreemptionCheckpointHandler (preemption.CoordinatedStop): SIGTERM to the non-chief makes
+    both workers save at one agreed step and exit 75 with one line; repeating the command on
+    both ends bit-identical to the unbroken run."""
+    resumed = str(tmp_path / "resumed")
+    processes = _start_workers(resumed, *INTERRUPTED)
+    checkpoints = os.path.join(resumed, "checkpoints")
+    periodic = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and all(p.poll() is None for p in processes):
+            if os.path.isdir(checkpoints) and any(f.startswith("ckpt-2.index") for f in
+                                                  os.listdir(checkpoints)):
+                periodic = _checkpoint_steps(resumed)[-1]
+                processes[1].send_signal(signal.SIGTERM)   # the non-chief only
+                break
+            time.sleep(0.005)
+        errors = [p.communicate(timeout=120)[1] for p in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert periodic is not None, "no checkpoint appeared before the run ended"
+    assert [p.returncode for p in processes] == [75, 75], [e[-2000:] for e in errors]
+    chief_line, worker_line = (e.strip().splitlines()[-1] for e in errors)
+    saved = _checkpoint_steps(resumed)[-1]
+    assert worker_line == (f"bnreg-train: stopped by SIGTERM at step {saved}; checkpoint saved; "
+                           "repeat the command on every worker to resume")
+    assert chief_line == (f"bnreg-train: stopped because another worker was preempted at step "
+                          f"{saved}; checkpoint saved; repeat the command on every worker to "
+                          "resume")
+    assert periodic < saved < 9          # a step checkpoint newer than the periodic one
+    assert not os.path.exists(os.path.join(resumed, "results.json"))
+    _finish(_start_workers(resumed, *INTERRUPTED))
+    _assert_same_run(unbroken_two_workers, resumed, rtol=0, atol=0,
+                     columns=("loss", "val_loss", "val_accuracy"))
     with open(os.path.join(resumed, "log.csv")) as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3"]

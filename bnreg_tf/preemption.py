@@ -5,6 +5,8 @@ Ctrl-C sends SIGINT. Inside `stop_signals()` the first such signal only sets a f
 loop (`StopOnSignal`) finishes the current step, saves a checkpoint and stops, and the binary exits
 with `Preempted`'s one line and status 75 (EX_TEMPFAIL: repeat the command to resume). A second
 signal exits at once (status 128 + signal number), as a user pressing Ctrl-C twice expects.
+Under MultiWorkerMirroredStrategy a signal reaches one worker only, so `CoordinatedStop` lets
+tf.distribute's PreemptionCheckpointHandler agree on one step at which every worker saves and stops.
 """
 import contextlib
 import os
@@ -47,8 +49,8 @@ def stop_signals(strategy=None):
 
     Not under MultiWorkerMirroredStrategy: there a checkpoint is saved collectively, by every
     worker at once, and a signal reaches one worker only, so one worker stopping to save would
-    wait forever for the others. Multi-worker runs resume from their last periodic checkpoint
-    (`--checkpoint_steps`); BUILD_NOTES says what was tested.
+    wait forever for the others. There `CoordinatedStop` (the training loop's callback, from
+    `stop_callback`) catches the signals while training; BUILD_NOTES says what was tested.
     """
     from bnreg_tf.strategies import is_multi_worker
 

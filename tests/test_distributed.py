@@ -1,6 +1,7 @@
 """Strategies in subprocesses: MirroredStrategy over 2 logical CPUs and MultiWorkerMirroredStrategy
 with 2 local workers give the single-device run (same global batches), penalties included; a
-multi-worker run killed with SIGKILL and restarted ends where an uninterrupted one does.
+multi-worker run killed with SIGKILL, or stopped by SIGTERM to one worker, and restarted ends where
+an uninterrupted one does.
 """
 import csv
 import json

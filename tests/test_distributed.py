@@ -17,7 +17,8 @@ import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-"--noexport", "--norm_probe_size=16", "--learning_rate=0.1", "--eval_batch_size=90"]
+BASE = ["--norm=fixup", "--epochs=2", "--steps_per_epoch=3", "--batch_size=32", "--deterministic",
+        "--noexport", "--norm_probe_size=16", "--learning_rate=0.1"]
 
 
 def _env(**extra):

@@ -80,6 +80,8 @@ class RunConfig:
     checkpoint_steps: int = _field(0, "Also checkpoint every N steps (0 = every epoch only)")
     norm_probe_size: int = _field(256, "Images in the fixed NormMonitor probe batch")
     export: bool = _field(True, "Export a SavedModel to <model_dir>/export at the end")
+    early_stopping: bool = _field(False, "Keep the checkpoint of the best holdout accuracy and "
+                                         "evaluate and export that one (needs --holdout)")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -186,5 +188,8 @@ def validate(config):
              "augment", "an RGB dataset for randaugment", config.dataset)
     _require(isinstance(config.seed, int) and 0 <= config.seed < 2 ** 32, "seed",
              "an integer in [0, 2^32)", config.seed)
+    _require(not config.early_stopping or config.holdout, "early_stopping",
+             "--holdout too (the best epoch is chosen on the holdout, never on the test split)",
+             config.early_stopping)
     _require(bool(config.model_dir), "model_dir", "a directory path", config.model_dir)
     return config

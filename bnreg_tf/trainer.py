@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnreg_tf import callbacks as cb, keras_fixes, preemption
+from bnreg_tf import callbacks as cb, early_stopping, keras_fixes, preemption
 from bnreg_tf.checkpoints import restore_latest
 from bnreg_tf.config import ConfigError, RunConfig, validate
 from bnreg_tf.data import catalog, pipeline
@@ -250,6 +250,9 @@ def _train(config, strategy, log, verbose):
             callbacks.insert(0, cb.RestoreEpochMetrics(run.epoch_metrics))
         if run.averages_weights:
             callbacks.append(cb.AveragedEvaluation(run.optimizer))
+        if config.early_stopping:   # before the Checkpointer: see bnreg_tf.early_stopping
+            callbacks.append(early_stopping.BestCheckpoint(run.checkpoint_manager.checkpoint,
+                                                           run.write_dir, guard))
         callbacks += [keras.callbacks.CSVLogger(log_path, append=True),
                       cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps),
                       preemption.StopOnSignal(run.checkpoint_manager)]   # inert outside the block
@@ -276,7 +279,11 @@ def _train(config, strategy, log, verbose):
             f"checkpoint: {run.checkpoint_manager.latest_checkpoint or 'none saved yet'}; lower "
             f"--learning_rate or a penalty and branch from it: a new --model_dir with "
             f"--init_from={config.model_dir}")
+    best = early_stopping.restore_best(run) if config.early_stopping else None
     results = finish(run, monitor, log)
+    if best and run.chief:   # the evaluated and exported weights are the best epoch's
+        results.update(best)
+        write_atomically(_path(config, "results.json"), json.dumps(results, indent=2) + "\n")
     if not run.chief:
         report(f"bnreg: worker done after {results['steps']} steps; trainable weights sha256 "
                f"{results['weights_sha256']}")

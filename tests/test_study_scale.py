@@ -17,7 +17,7 @@ from tests.test_distributed import _env, _free_ports
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--epochs=1", "--steps_per_epoch=4", "--batch_size=32", "--norm_probe_size=16",
          "--deterministic"]
-GRID = ["--variants=fixup,fixup_el2", "--seeds=0,1"]
+GRID = ["--variants=fixup,fixup_el2", "--seeds=0,1", "--coefficients=0.5"]
 COLUMNS = ("test_accuracy", "val_accuracy", "dropout_drop", "embedding_norm_sq", "output_norm_sq",
            "steps")
 
@@ -44,7 +44,8 @@ def _log(output_dir, run, column):
 
 def test_mirrored_study_over_two_cpus_matches_one_device(tmp_path):
     """The README's multi-GPU command on logical CPUs: one MirroredStrategy for every run."""
-    grid = ["--variants=fixup,fixup_el2,fixup_fl2", "--seeds=0", "--learning_rate=0.1"]
+    grid = ["--variants=fixup,fixup_el2,fixup_fl2", "--seeds=0", "--learning_rate=0.1",
+            "--coefficients=0.5"]
     single, mirrored = str(tmp_path / "single"), str(tmp_path / "mirrored")
     first = study(single, *grid)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -73,7 +74,8 @@ def test_two_worker_study_finishes_the_same_runs_and_only_the_chief_reports(tmp_
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(subprocess.Popen(
-            _command(out, "--variants=fixup_el2,fixup_fl2", "--seeds=0", "--strategy=multi_worker"),
+            _command(out, "--variants=fixup_el2,fixup_fl2", "--seeds=0", "--coefficients=0.5",
+                     "--strategy=multi_worker"),
             cwd=ROOT, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True))
     outputs = []
@@ -152,7 +154,8 @@ def test_shards_split_the_grid_resume_and_merge_like_one_process(tmp_path):
         f"bnreg-study: error: run fixup_s0 in {single} was trained with --learning_rate=0.05, now "
         "0.1 is asked (and 3 more runs); use a new --output_dir, or --rerun_changed to retrain "
         "them"), lines
-    rerun = study(single, "--variants=fixup", "--seeds=0", "--learning_rate=0.1", "--rerun_changed")
+    rerun = study(single, "--variants=fixup", "--seeds=0", "--learning_rate=0.1",
+                  "--rerun_changed")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "fixup_s0: test acc" in rerun.stdout
     with open(os.path.join(single, "runs", "fixup_s0", "config.json")) as f:

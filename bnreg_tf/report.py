@@ -1,8 +1,11 @@
-"""The study's report: tables in the shape of the paper's, results.csv/json, Figures 2 and 3 (PNG).
+"""The study's report: the Selection (paper protocol), the paper's Tables 1-4, every metric,
+Caveats from the data, results.csv/json, Figures 2 and 3 (PNG) and Figure 3's data (CSV).
 
-Per variant (and coefficient): the median over seeds with the [min, max] spread, as the paper
-reports medians of seeds (Tables 1-2); test-time-dropout drop (Table 3); CIFAR-10-C mean where the
-data is CIFAR-10 (Table 2); the probe norms E||Emb||^2 and E||NN||^2 at the end of training.
+Per variant (and coefficient, learning rate): the median over seeds with the [min, max] spread, as
+the paper reports medians of seeds (Table 1); top-1 on ImageNet (Tables 2, 4); the test-time
+Dropout drop (Table 3); CIFAR-10-C where the data is CIFAR-10 (Table 1); the probe norms
+E||Emb||^2 and E||NN||^2 at the end of training. Nothing here ranks variants: the Caveats say
+where seed ranges overlap, runs sit at chance, results are single-seed or not converged.
 """
 import csv
 import io
@@ -226,8 +229,9 @@ def caveats(records, num_classes, baseline=None):
         rising = [r for r in group if _rising(r["curves"].get("val_accuracy") or [])]
         if rising:
             phase = " (tuning)" if group[0].get("phase") == "tune" else ""
+            several = len({r.get("learning_rate") for r in records}) > 1
             lines.append(f"{_name(dict(variant=variant, coefficient=coefficient))}{phase}"
-                         f"{f' lr {rate:g}' if rate is not None else ''}: holdout accuracy still "
+                         f"{f' lr {rate:g}' if several else ''}: holdout accuracy still "
                          f"rising at the last epoch in {len(rising)} of {len(group)} runs: not "
                          "converged; more epochs may change the result.")
     variants = {r["variant"] for r in rows}
@@ -363,6 +367,10 @@ def coefficient_points(records):
                      f"{metric}_median": float(np.median(values)), f"{metric}_min": min(values),
                      f"{metric}_max": max(values),
                      **{f"{k}_median": float(np.median(v)) if v else "" for k, v in ends.items()}})
+    swept = {}
+    for row in rows:
+        swept.setdefault(row["variant"], set()).add(row["coefficient"])
+    rows = [r for r in rows if r["variant"] == "batchnorm" or len(swept[r["variant"]]) > 1]
     if tune:   # BatchNorm's reference: its best learning rate's holdout accuracy
         bn = [r for r in rows if r["variant"] == "batchnorm"]
         keep = max(bn, key=lambda r: (r[f"{metric}_median"], -r["learning_rate"]), default=None)
@@ -397,6 +405,11 @@ def figure_coefficients(records, path):
         if row["variant"] != "batchnorm":
             curves.setdefault((row["variant"], row["learning_rate"]), []).append(row)
     rates = len({rate for _, rate in curves}) > 1
+    floors = {}
+    for key in ("embedding_norm_sq", "output_norm_sq"):
+        positive = [r[f"{key}_median"] for r in rows
+                    if r[f"{key}_median"] != "" and r[f"{key}_median"] > 0]
+        floors[key] = min(positive) / 3 if positive else 1e-12
     split = "holdout accuracy (phase 1)" if metric == "val_accuracy" else "test accuracy"
     panels = ((metric, split, False), ("embedding_norm_sq", "E‖Emb(x)‖² at the end", True),
               ("output_norm_sq", "E‖NN(x)‖² at the end", True))
@@ -412,8 +425,14 @@ def figure_coefficients(records, path):
         for axis, key in zip(axes[1:], ("embedding_norm_sq", "output_norm_sq")):
             pairs = [(p["coefficient"], p[f"{key}_median"]) for p in points
                      if p[f"{key}_median"] != ""]
-            if pairs:
-                axis.plot(*zip(*pairs), marker="o", label=label)
+            if pairs:   # an exact zero (a collapsed embedding) is a triangle at the floor
+                xs, ys = zip(*pairs)
+                ys = np.array([y if y > 0 else floors[key] for y in ys])
+                line, = axis.plot(xs, ys, marker="o", label=label)
+                zeros = [x for x, (_, y) in zip(xs, pairs) if y == 0]
+                if zeros:
+                    axis.plot(zeros, [floors[key]] * len(zeros), "v", markersize=9,
+                              color=line.get_color())
     if reference is not None:
         for axis, (key, _, _) in zip(axes, panels):
             value = reference[f"{key}_median"]
@@ -429,7 +448,7 @@ def figure_coefficients(records, path):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.suptitle("Against the penalty coefficient (paper Figure 3): median over seeds, bars = "
-                    "min-max; dashed = BatchNorm")
+                    "min-max; dashed = BatchNorm; ▼ = exactly 0, drawn at the axis floor")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

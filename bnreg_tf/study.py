@@ -4,17 +4,26 @@
 the grid's flags validated before anything is written); `run_study` trains and scores its runs
 under the process's one strategy; `collect` reads back what an output dir holds (`--report_only`).
 
-Each run goes through the same code as the binaries: `trainer.train` (as `bnreg-train`) with the
-paper's validation holdout as its evaluation split, then `evaluate.score` on the exported
-SavedModel's test split (as `bnreg-eval`), plus CIFAR-10-C on CIFAR-10. Runs live in
+Two protocols (`PROTOCOLS`): `holdout` trains every setting of the grid on the training split
+minus the holdout and scores it on test; `paper` (section 4 of the paper) tunes each variant's
+grid (coefficients x learning rates x tuning seeds) on the holdout in phase 1, chooses per variant
+the best median holdout accuracy (`selection`), and in phase 2 retrains that setting with every
+seed on the full training split (`final_runs`), scored on test. Run names say phase and setting:
+`tune_fixup_el2_c0.1_lr0.1_s0`, `final_fixup_el2_c0.1_lr0.1_s3` (holdout protocol: no prefix).
+
+Each run goes through the same code as the binaries: `trainer.train` (as `bnreg-train`), then
+`evaluate.score` on the exported SavedModel's test split (as `bnreg-eval`), plus CIFAR-10-C on
+CIFAR-10 (tuning runs are not exported or scored on test). Runs live in
 `<output_dir>/runs/<run name>/`:
 - a run is claimed with the run dir's lock (`rundir.RunLock`) before it trains, so shards,
   repeated invocations or hosts sharing a file system never train it twice at the same time;
 - a run with `study.json` is finished and reused only if its `config.json` equals the config
   asked (else ConfigError naming the run and field, or `rerun_changed` moves it to `replaced/`);
-- an interrupted run resumes from its checkpoint; a failed one is recorded and the others go on;
-- `shard=(I, N)` takes every N-th run from the I-th: N processes (one per GPU, or an array job)
-  split the grid, and `collect` merges their results.
+- an interrupted run resumes from its checkpoint; a failed one is recorded (its `study.json` says
+  so, so other shards know phase 1 is done), the others go on, and the next invocation retries it;
+- `shard=(I, N)` takes every N-th run from the I-th of each phase: N processes (one per GPU, or an
+  array job) split the grid, and `collect` merges their results. Phase 2 is planned by whichever
+  process finds phase 1 complete; a shard that finds it incomplete stops after its share.
 """
 import dataclasses
 import json
@@ -236,6 +245,11 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
     chosen = STUDY_PRESETS[name]
     if "model_dir" in given:
         raise ConfigError("--model_dir: bnreg-study puts each run under --output_dir/runs/")
+    for field in ("holdout", "export"):
+        if field in given:
+            raise ConfigError(f"--{field}: bnreg-study sets each run's training split and export "
+                              "by --protocol (holdout: the holdout; paper: tuning on the "
+                              "holdout, final runs on the full training split)")
     variants = _list("variants", variants) or list(chosen.variants)
     for variant in variants:
         if variant not in VARIANTS:

@@ -102,6 +102,13 @@ def test_main_table_formats_medians_and_failures():
     (["--variants=batchnorm", "--coefficients=0.1,1"], "--coefficients: none of the variants"),
     (["--shard=2/2"], "--shard: expected I/N with 0 <= I < N"),
     (["--preset=paper_cifar10", "--data_dir=/nonexistent/tfds"], "cifar10"),
+    (["--protocol=cv"], "--protocol"),
+    (["--learning_rates=0.1,0"], "--learning_rates: expected finite numbers > 0"),
+    (["--learning_rates=0.1,0.1"], "--learning_rates: lists 0.1 twice"),
+    (["--learning_rates=0.1", "--learning_rate=0.2"], "give either --learning_rate or"),
+    (["--protocol=paper", "--tuning_seeds=0"], "--tuning_seeds: expected an integer >= 1"),
+    (["--tuning_seeds=2"], "--tuning_seeds: only the paper protocol has a tuning phase"),
+    (["--noholdout"], "--holdout: bnreg-study sets each run's training split"),
 ])
 def test_bad_study_flags_exit_2(tmp_path, flags, message):
     result = study(str(tmp_path / "s"), *flags)

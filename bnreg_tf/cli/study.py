@@ -52,10 +52,10 @@ def main():
     from bnreg_tf.flags import given_run_fields
     from bnreg_tf.strategies import is_chief
 
+    shard = study.parse_shard(FLAGS.shard)
     grid = study.make_study(FLAGS.preset, given_run_fields(FLAGS), FLAGS.variants, FLAGS.seeds,
                             FLAGS.coefficients, FLAGS.output_dir, FLAGS.protocol,
                             FLAGS.learning_rates, FLAGS.tuning_seeds)
-    shard = study.parse_shard(FLAGS.shard)
     command = " ".join(["bnreg-study", *sys.argv[1:]])
     if FLAGS.report_only:
         records, strategy, start = study.collect(grid), None, time.time()

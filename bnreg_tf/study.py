@@ -309,12 +309,6 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
                  output_dir, tuple(runs), protocol, rates, tuple(range(tuning_seeds)))
 
 
-def grids(study):
-    """Each variant's coefficient grid in `study` (its tuple of coefficients)."""
-    return {variant: tuple(dict.fromkeys(s.coefficient for s in study.runs
-                                         if s.variant == variant)) for variant in study.variants}
-
-
 def selection(study, records):
     """The paper protocol's choice per variant from phase 1's records.
 

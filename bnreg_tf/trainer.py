@@ -341,6 +341,8 @@ def export_from_checkpoint(config, strategy, log=print):
         run = build_run(config, strategy, log)
         if run.checkpoint_manager.latest_checkpoint is None:
             raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
+        if config.early_stopping:   # the best holdout epoch's, as train() exports
+            early_stopping.restore_best(run)
         with run.averaged():
             path = export_saved_model(run.network, run.preprocessing, _path(config, "export"))
     log(f"bnreg: exported {run.checkpoint_manager.latest_checkpoint} to {path}")

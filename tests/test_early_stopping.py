@@ -46,6 +46,10 @@ def test_early_stopping_exports_the_best_holdout_epoch(tmp_path, monkeypatch):
     best = run.network(inputs, training=False)["logits"].numpy()
     np.testing.assert_allclose(exported.numpy(), best, rtol=1e-5, atol=1e-5)
     assert np.max(np.abs(last - best)) > 1e-3
+    # Exporting again from the model dir (bnreg-train's export-only path) exports the best too.
+    again = tf.saved_model.load(trainer.export_from_checkpoint(config, DEFAULT, log=lambda *_: None))
+    np.testing.assert_allclose(again.serve(tf.constant(images[:16]))["logits"].numpy(), best,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_early_stopping_needs_the_holdout():

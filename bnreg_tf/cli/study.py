@@ -1,6 +1,6 @@
 """`bnreg-study`: runs the paper's BatchNorm ablation grid and writes a report.
 
-    bnreg-study                                    # offline digits default, about 4 minutes
+    bnreg-study                                    # offline digits default, about 6 minutes
     bnreg-study --preset=paper_cifar10 --data_dir=$TFDS --output_dir=reports/cifar10 --shard=0/8
     bnreg-study --preset=paper_cifar10 --data_dir=$TFDS --output_dir=reports/cifar10 --report_only
     bnreg-study --variants=fixup_el2,fixup_fl2 --coefficients=0.01,0.1,1 --seeds=0,1,2

@@ -1,8 +1,9 @@
 """Peak resident memory of a short training run per benchmarked model (one subprocess each).
 
-Issue 7's benchmark. Each child process builds the model, runs a few `train_on_batch` steps and
-reports its peak resident set (`VmHWM` of /proc/self/status; `ru_maxrss` would carry over the
-parent's peak across fork+exec on Linux). A child that only imports TensorFlow and Keras gives
+Issues 7 and 17 (the Keras BN rows: bnreg's models with `keras.layers.BatchNormalization`).
+Each child process builds the model, runs a few `train_on_batch` steps and reports its peak
+resident set (`VmHWM` of /proc/self/status; `ru_maxrss` would carry over the parent's peak
+across fork+exec on Linux). A child that only imports TensorFlow and Keras gives
 the baseline. Linux only.
 """
 import json
@@ -10,23 +11,28 @@ import subprocess
 import sys
 
 CHILD = r"""
-import json, sys
-import numpy as np
+import contextlib, json, sys
 spec = json.loads(sys.argv[1])
 import keras
-if spec["model"] != "baseline":
-    from benchmarks.timing import interleaved_throughput
+
+
+def build(spec):
     if spec["family"] == "resnet":
         import resnet
-        model = resnet.build_model(spec["model"], num_classes=spec["classes"],
-                                   input_shape=tuple(spec["shape"]), norm=spec["norm"])
-    elif spec["family"] == "efficientnet":
+        return resnet.build_model(spec["model"], num_classes=spec["classes"],
+                                  input_shape=tuple(spec["shape"]), norm=spec["norm"])
+    if spec["family"] == "efficientnet":
         import efficientnet
-        model = efficientnet.build_model(spec["model"], num_classes=spec["classes"],
-                                         input_shape=tuple(spec["shape"]))
-    else:
-        model = keras.applications.ResNet50(weights=None, input_shape=tuple(spec["shape"]),
-                                            classes=spec["classes"], classifier_activation=None)
+        return efficientnet.build_model(spec["model"], num_classes=spec["classes"],
+                                        input_shape=tuple(spec["shape"]))
+    return keras.applications.ResNet50(weights=None, input_shape=tuple(spec["shape"]),
+                                       classes=spec["classes"], classifier_activation=None)
+
+
+if spec["model"] != "baseline":
+    from benchmarks.timing import interleaved_throughput, keras_batchnorm
+    with keras_batchnorm() if spec.get("keras_bn") else contextlib.nullcontext():
+        model = build(spec)
     interleaved_throughput([model], spec["batch"], spec["classes"], steps=3, warmup=1, rounds=1)
 with open("/proc/self/status") as status:
     peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
@@ -39,10 +45,14 @@ MODELS = (
          shape=[32, 32, 3], classes=10),
     dict(label="resnet50 batchnorm, 64 px", family="resnet", model="resnet50", norm="batchnorm",
          shape=[64, 64, 3], classes=1000),
+    dict(label="resnet50 batchnorm, Keras BN (before issue 17), 64 px", family="resnet",
+         model="resnet50", norm="batchnorm", shape=[64, 64, 3], classes=1000, keras_bn=True),
     dict(label="keras.applications.ResNet50, 64 px", family="keras", model="resnet50",
          shape=[64, 64, 3], classes=1000),
     dict(label="efficientnet b0, 64 px", family="efficientnet", model="b0", shape=[64, 64, 3],
          classes=1000),
+    dict(label="efficientnet b0, Keras BN (before issue 17), 64 px", family="efficientnet",
+         model="b0", shape=[64, 64, 3], classes=1000, keras_bn=True),
 )
 
 

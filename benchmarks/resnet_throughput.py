@@ -1,12 +1,14 @@
 """Training-step throughput: our ResNet-50 vs keras.applications.ResNet50, WRN-16-4 per mode.
 
-Issue 3's benchmark. Same input size, batch and classes for both ResNet-50s, measured in the
+Issues 3 and 17. Same input size, batch and classes for both ResNet-50s, measured in the
 same run, both with the compilation mode bnreg picks for the device (graph mode on a CPU).
+The "Keras BN" rows are the same bnreg networks built with `keras.layers.BatchNormalization`
+(bnreg before issue 17's fused layer).
 """
 import keras
 
 import resnet
-from benchmarks.timing import conv_dense_flops, interleaved_throughput
+from benchmarks.timing import conv_dense_flops, interleaved_throughput, keras_batchnorm
 
 
 def rows(image_size=64, batch_size=32, steps=10):
@@ -17,15 +19,22 @@ def rows(image_size=64, batch_size=32, steps=10):
     """
     shape = (image_size, image_size, 3)
     ours = resnet.build_model("resnet50", num_classes=1000, input_shape=shape, norm="batchnorm")
+    with keras_batchnorm():
+        ours_keras_bn = resnet.build_model("resnet50", num_classes=1000, input_shape=shape,
+                                           norm="batchnorm")
     theirs = keras.applications.ResNet50(weights=None, input_shape=shape, classes=1000,
                                          classifier_activation=None)
-    pairs = [("keras.applications.ResNet50", theirs), ("bnreg resnet50 batchnorm", ours)]
+    pairs = [("keras.applications.ResNet50", theirs), ("bnreg resnet50 batchnorm", ours),
+             ("bnreg resnet50 batchnorm, Keras BN", ours_keras_bn)]
     rates = interleaved_throughput([model for _, model in pairs], batch_size, 1000, steps)
     for (label, model), rate in zip(pairs, rates):
         flops = 3 * conv_dense_flops(model) / 1e9
         yield label, flops, rate, flops * rate, rate / rates[0]
     wrns = [(norm, resnet.build_model("wrn16_4", num_classes=10, norm=norm))
             for norm in resnet.NORM_MODES]
+    with keras_batchnorm():
+        wrns.append(("batchnorm, Keras BN", resnet.build_model("wrn16_4", num_classes=10,
+                                                               norm="batchnorm")))
     rates = interleaved_throughput([model for _, model in wrns], batch_size, 10, steps)
     for (norm, model), rate in zip(wrns, rates):
         flops = 3 * conv_dense_flops(model) / 1e9

@@ -11,10 +11,11 @@ import sys
 import time
 
 from benchmarks import (efficientnet_throughput, input_pipeline, memory, penalty_overhead,
-                        randaugment_throughput, resnet_throughput)
+                        precision, randaugment_throughput, resnet_throughput)
 from benchmarks.timing import machine, matmul_peak_gflops
 
-SECTIONS = ("resnet", "efficientnet", "randaugment", "penalties", "pipeline", "memory")
+SECTIONS = ("resnet", "efficientnet", "randaugment", "penalties", "precision", "pipeline",
+            "memory")
 
 
 def resnet_section(args, peak):
@@ -52,6 +53,18 @@ def penalties_section(args, peak):
     for model, label, rate, slowdown in penalty_overhead.rows(args.image_size, args.batch_size,
                                                               args.steps):
         print(f"| {model} | {label} | {rate:.1f} | {100 * slowdown:+.1f}% |")
+
+
+def precision_section(args, peak):
+    print(f"\n### Training step, batch {args.batch_size}: float32 vs mixed_bfloat16, images/s\n")
+    print("| model | float32 | mixed_bfloat16 | speed-up |")
+    print("|---|---:|---:|---:|")
+    for label, full, half, speedup in precision.rows(args.image_size, args.batch_size, args.steps):
+        print(f"| {label} | {full:.1f} | {half:.1f} | {speedup:.2f}x |")
+    curves = precision.loss_curves(batch_size=args.batch_size)
+    full, half = curves["float32"], curves["mixed_bfloat16"]
+    print("\nWRN-16-4 training loss, same init and batches (step: float32 / mixed_bfloat16): "
+          + ", ".join(f"{step}: {full[step]:.3f} / {half[step]:.3f}" for step in (0, 4, 9, 19, 29)))
 
 
 def pipeline_section(args, peak):

@@ -1,4 +1,5 @@
 """Shared measurement helpers: training-step throughput, analytic FLOPs, matmul peak."""
+import contextlib
 import platform
 import time
 
@@ -6,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnreg_tf import choose_jit_compile
+from bnreg_tf import batchnorm, choose_jit_compile
 
 
 def conv_dense_flops(model):
@@ -85,6 +86,28 @@ def interleaved_throughput(models, batch_size, num_classes, steps=10, warmup=3, 
         for i, step in enumerate(compiled):
             best[i] = min(best[i], _median_step_seconds(step, steps))
     return [batch_size / seconds for seconds in best]
+
+
+@contextlib.contextmanager
+def keras_batchnorm():
+    """Builders inside make `keras.layers.BatchNormalization` (bnreg before issue 17)."""
+    fused = batchnorm.BatchNormalization
+    batchnorm.BatchNormalization = keras.layers.BatchNormalization
+    try:
+        yield
+    finally:
+        batchnorm.BatchNormalization = fused
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Models built inside use the Keras dtype policy `name` (e.g. `mixed_bfloat16`)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def map_images_per_second(images, augment, count):

@@ -21,8 +21,10 @@ class ConfigError(ValueError):
     """A bad flag or config value; the message is one line naming the flag."""
 
 
-def _field(default, text):
-    return dataclasses.field(default=default, metadata={"help": text})
+def _field(default, text, group):
+    """A RunConfig field; `text` says what it is and its unit in brackets, `group` where
+    `--help` lists it (data, model, penalties, optimisation, execution, output)."""
+    return dataclasses.field(default=default, metadata={"help": text, "group": group})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,58 +32,104 @@ class RunConfig:
     """Everything one training run depends on. Defaults are the `digits` preset's."""
 
     # Model
-    model: str = _field("wrn10_1", "wrn<depth>_<width>, resnet18..152, or efficientnet_b0..b8/l2")
-    norm: str = _field("batchnorm", "batchnorm, fixup, fixup_standardize, single_bn, fixup_single_bn, none")
-    activation: str = _field("relu", "relu or swish (ResNet/WRN; EfficientNet is always swish)")
-    dropout: float = _field(0.0, "Dropout rate on the embedding; -1 = EfficientNet's reference rate")
-    survival_prob: float = _field(0.8, "EfficientNet drop-connect keep probability of the last block")
-    standardization_kl: float = _field(0.0, "KL standardization coefficient (with --norm=fixup_standardize)")
-    embedding_l2: float = _field(0.0, "Embedding L2 coefficient")
-    functional_l2: float = _field(0.0, "Functional L2 coefficient")
+    model: str = _field("wrn10_1", "Network [name]: wrn<depth>_<width>, resnet18..152, or "
+                        "efficientnet_b0..b8/l2", "model")
+    norm: str = _field("batchnorm", "Normalisation [choice]: batchnorm, fixup, "
+                       "fixup_standardize, single_bn, fixup_single_bn, none", "model")
+    activation: str = _field("relu", "Activation [choice]: relu or swish (ResNet/WRN; "
+                             "EfficientNet is always swish)", "model")
+    survival_prob: float = _field(0.8, "EfficientNet drop-connect keep probability of the last "
+                                  "block [probability]", "model")
+    init_from: str = _field("", "Start from the network weights of another run's latest "
+                            "checkpoint [path: its --model_dir] (fresh optimizer; '' = random "
+                            "init)", "model")
+    # Penalties
+    dropout: float = _field(0.0, "Dropout rate on the embedding [probability]; -1 = "
+                            "EfficientNet's reference rate", "penalties")
+    standardization_kl: float = _field(0.0, "KL standardization coefficient [loss weight] "
+                                       "(with --norm=fixup_standardize)", "penalties")
+    embedding_l2: float = _field(0.0, "Embedding L2 coefficient [loss weight]", "penalties")
+    functional_l2: float = _field(0.0, "Functional L2 coefficient [loss weight]", "penalties")
+    weight_decay: float = _field(0.0, "L2 weight decay [loss weight], added as wd * sum 1/2 "
+                                 "||v||^2", "penalties")
+    weight_decay_exclude: str = _field("none", "Variables without weight decay [choice]: none, "
+                                       "batchnorm or batchnorm_and_bias", "penalties")
+    label_smoothing: float = _field(0.0, "Label smoothing of the cross-entropy [probability "
+                                    "mass]", "penalties")
     # Data
-    dataset: str = _field("digits", "digits, cifar10, svhn_cropped or imagenet2012")
-    data_dir: str = _field("", "TFDS data dir (ImageNet's manual files go in <data_dir>/downloads/manual)")
-    download: bool = _field(False, "Let TFDS download and prepare cifar10/svhn_cropped (needs network)")
-    holdout: bool = _field(False, "Train without the paper's validation holdout and evaluate on it")
-    image_size: int = _field(0, "Training resolution; 0 = the dataset's (or EfficientNet's) native size")
-    augment: str = _field("auto", "auto, none, crop, crop_flip, goyal or randaugment")
-    randaugment_layers: int = _field(2, "RandAugment N")
-    randaugment_magnitude: float = _field(10.0, "RandAugment M")
-    # Optimization
-    optimizer: str = _field("sgd", "sgd (momentum) or rmsprop_reference (EfficientNet TF1 RMSProp)")
-    learning_rate: float = _field(0.05, "Base learning rate (at --lr_reference_batch if that is set)")
-    lr_reference_batch: int = _field(0, "If > 0, LR = learning_rate * batch_size / this (linear scaling)")
-    schedule: str = _field("cosine", "constant, cosine, goyal or efficientnet")
-    warmup_epochs: float = _field(0.0, "Linear warm-up epochs (goyal, efficientnet)")
-    decay_epochs: str = _field("30,60,80", "goyal: epochs of x0.1 steps; efficientnet: period, e.g. 2.4")
-    decay_rate: float = _field(0.1, "Multiplier at each decay (goyal 0.1, efficientnet 0.97)")
-    momentum: float = _field(0.9, "SGD / RMSProp momentum")
-    nesterov: bool = _field(False, "Nesterov momentum (sgd)")
-    weight_decay: float = _field(0.0, "L2 weight decay, added as wd * sum 1/2 ||v||^2")
-    weight_decay_exclude: str = _field("none", "none, batchnorm or batchnorm_and_bias")
-    fixup_scalar_lr: float = _field(1.0, "LR multiplier of Fixup scalars (reference: 0.1)")
-    label_smoothing: float = _field(0.0, "Label smoothing of the cross-entropy")
-    ema_decay: float = _field(0.0, "Weight average decay incl. BN statistics (0 = off; rmsprop_reference)")
-    # Schedule of the run
-    epochs: int = _field(15, "Training epochs")
-    steps_per_epoch: int = _field(0, "0 = one pass over the training split")
-    batch_size: int = _field(64, "Global batch size (split evenly over replicas)")
-    eval_batch_size: int = _field(256, "Global evaluation batch size")
+    dataset: str = _field("digits", "Dataset [name]: digits, cifar10, svhn_cropped, "
+                          "imagenet2012, any TFDS image-classification name, or folder (with "
+                          "--data_dir=DIR holding train/<class>/ and optionally test/<class>/)",
+                          "data")
+    data_dir: str = _field("", "TFDS data dir, or the image folder of --dataset=folder [path] "
+                           "(ImageNet's manual files go in <data_dir>/downloads/manual)", "data")
+    download: bool = _field(False, "Let TFDS download and prepare the dataset [bool] (needs "
+                            "network)", "data")
+    holdout: bool = _field(True, "Hold out a validation set [bool]: train on the rest, validate "
+                           "on it each epoch; --noholdout trains on the whole training split "
+                           "and reports only the test split", "data")
+    holdout_examples: int = _field(0, "Holdout size [images] for datasets without a paper "
+                                   "holdout; 0 = --holdout_fraction", "data")
+    holdout_fraction: float = _field(0.1, "Holdout size [fraction of the training split] for "
+                                     "datasets without a paper holdout (also the test share "
+                                     "carved off when a dataset has no test split)", "data")
+    image_size: int = _field(0, "Training resolution [px]; 0 = the dataset's (or EfficientNet's) "
+                             "native size", "data")
+    augment: str = _field("auto", "Augmentation [choice]: auto, none, crop, crop_flip, goyal or "
+                          "randaugment", "data")
+    randaugment_layers: int = _field(2, "RandAugment N [ops per image]", "data")
+    randaugment_magnitude: float = _field(10.0, "RandAugment M [magnitude, 0..30]", "data")
+    # Optimisation
+    optimizer: str = _field("sgd", "Optimizer [choice]: sgd (momentum) or rmsprop_reference "
+                            "(EfficientNet TF1 RMSProp)", "optimisation")
+    learning_rate: float = _field(0.05, "Peak learning rate [per step] (at --lr_reference_batch "
+                                  "images if that is set)", "optimisation")
+    lr_reference_batch: int = _field(0, "If > 0, LR = learning_rate * batch_size / this "
+                                     "[images] (linear scaling)", "optimisation")
+    schedule: str = _field("cosine", "LR schedule [choice]: constant, cosine, goyal or "
+                           "efficientnet", "optimisation")
+    warmup_epochs: float = _field(0.0, "Linear warm-up [epochs] (goyal, efficientnet)",
+                                  "optimisation")
+    decay_epochs: str = _field("30,60,80", "goyal: x0.1 steps at these [epochs]; efficientnet: "
+                               "the decay period [epochs], e.g. 2.4", "optimisation")
+    decay_rate: float = _field(0.1, "LR multiplier at each decay [factor] (goyal 0.1, "
+                               "efficientnet 0.97)", "optimisation")
+    momentum: float = _field(0.9, "SGD / RMSProp momentum [factor, 0 <= m < 1]", "optimisation")
+    nesterov: bool = _field(False, "Nesterov momentum (sgd) [bool]", "optimisation")
+    fixup_scalar_lr: float = _field(1.0, "LR multiplier of Fixup scalars [factor] (reference: "
+                                    "0.1)", "optimisation")
+    ema_decay: float = _field(0.0, "Weight average decay incl. BN statistics [factor per step] "
+                              "(0 = off; rmsprop_reference)", "optimisation")
+    epochs: int = _field(15, "Training length [epochs]", "optimisation")
+    steps_per_epoch: int = _field(0, "Epoch length [steps]; 0 = one pass over the training "
+                                  "split", "optimisation")
+    batch_size: int = _field(64, "Global training batch [images] (split evenly over replicas)",
+                             "optimisation")
     # Execution
-    precision: str = _field("auto", "auto, float32, mixed_bfloat16 or mixed_float16")
-    compilation: str = _field("auto", "auto (per device), xla or graph")
-    strategy: str = _field("default", "default, one_device, mirrored, multi_worker or tpu")
-    tpu: str = _field("", "TPU address for --strategy=tpu ('' = local)")
-    virtual_cpus: int = _field(0, "Split the CPU into N logical devices (try --strategy=mirrored "
-                                  "on a CPU machine); 0 = as is")
-    deterministic: bool = _field(False, "Enable TF deterministic ops")
-    seed: int = _field(0, "Seed of init, data order, augmentation and dropout")
-    model_dir: str = _field("", "Where checkpoints, logs, config.json and the export go")
-    checkpoint_steps: int = _field(0, "Also checkpoint every N steps (0 = every epoch only)")
-    norm_probe_size: int = _field(256, "Images in the fixed NormMonitor probe batch")
-    export: bool = _field(True, "Export a SavedModel to <model_dir>/export at the end")
+    eval_batch_size: int = _field(256, "Global evaluation batch [images]", "execution")
+    precision: str = _field("auto", "Precision [choice]: auto, float32, mixed_bfloat16 or "
+                            "mixed_float16", "execution")
+    compilation: str = _field("auto", "Compilation [choice]: auto (per device), xla or graph",
+                              "execution")
+    strategy: str = _field("default", "Distribution [choice]: default, one_device, mirrored, "
+                           "multi_worker or tpu", "execution")
+    tpu: str = _field("", "TPU address for --strategy=tpu [address] ('' = local)", "execution")
+    virtual_cpus: int = _field(0, "Split the CPU into N logical devices [devices] (try "
+                               "--strategy=mirrored on a CPU machine); 0 = as is", "execution")
+    deterministic: bool = _field(False, "Enable TF deterministic ops [bool]", "execution")
+    seed: int = _field(0, "Seed of init, data order, augmentation and dropout [integer]",
+                       "execution")
+    # Output
+    model_dir: str = _field("", "Where checkpoints, logs, config.json and the export go [path]",
+                            "output")
+    checkpoint_steps: int = _field(0, "Also checkpoint every N [steps] (0 = every epoch only)",
+                                   "output")
+    norm_probe_size: int = _field(256, "Fixed NormMonitor probe batch [images]", "output")
+    export: bool = _field(True, "Export a SavedModel to <model_dir>/export at the end [bool]",
+                          "output")
     early_stopping: bool = _field(False, "Keep the checkpoint of the best holdout accuracy and "
-                                         "evaluate and export that one (needs --holdout)")
+                                  "evaluate and export that one [bool] (needs --holdout)",
+                                  "output")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -122,7 +170,6 @@ def _finite_nonnegative(config, name):
 
 def validate(config):
     """Raises ConfigError naming the first bad flag; returns the config when it is consistent."""
-    from bnreg_tf.data.catalog import DATASETS
     from bnreg_tf.models import check_model_name
 
     try:
@@ -136,7 +183,8 @@ def validate(config):
         _require(config.norm == "batchnorm", "norm", "batchnorm for EfficientNet", config.norm)
     _require(config.activation in ACTIVATIONS, "activation", " or ".join(ACTIVATIONS),
              config.activation)
-    _require(config.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}", config.dataset)
+    _require(isinstance(config.dataset, str) and config.dataset, "dataset", "a dataset name",
+             config.dataset)
     for name in ("standardization_kl", "embedding_l2", "functional_l2", "weight_decay",
                  "label_smoothing", "learning_rate", "warmup_epochs", "decay_rate", "momentum",
                  "ema_decay", "randaugment_magnitude"):
@@ -184,12 +232,26 @@ def validate(config):
         _require(len(boundaries) == 1 and boundaries[0] > 0, "decay_epochs",
                  "one positive decay period (e.g. 2.4) for the efficientnet schedule",
                  config.decay_epochs)
-    _require(config.augment != "randaugment" or DATASETS[config.dataset].channels == 3,
-             "augment", "an RGB dataset for randaugment", config.dataset)
+    _require(config.holdout_examples >= 0, "holdout_examples", "an integer >= 0",
+             config.holdout_examples)
+    _require(0 < config.holdout_fraction < 1, "holdout_fraction", "a fraction in (0, 1)",
+             config.holdout_fraction)
     _require(isinstance(config.seed, int) and 0 <= config.seed < 2 ** 32, "seed",
              "an integer in [0, 2^32)", config.seed)
     _require(not config.early_stopping or config.holdout, "early_stopping",
              "--holdout too (the best epoch is chosen on the holdout, never on the test split)",
              config.early_stopping)
     _require(bool(config.model_dir), "model_dir", "a directory path", config.model_dir)
+    if config.init_from:
+        from bnreg_tf.warm_start import source_checkpoint
+
+        source_checkpoint(config)
+    from bnreg_tf.data.catalog import DataError, plan_for
+
+    try:
+        spec, _ = plan_for(config)
+    except DataError as error:  # an unknown name, a folder without train/, unprepared data
+        raise ConfigError(str(error)) from None
+    _require(config.augment != "randaugment" or spec.channels == 3,
+             "augment", "an RGB dataset for randaugment", config.dataset)
     return config

@@ -7,6 +7,7 @@
 - mean squared norms of the embedding and of the logits (E||Emb||^2, E||NN||^2);
 - CIFAR-10-C: accuracy on each of the 15 corruptions x 5 severities and their mean.
 """
+import json
 import os
 
 import numpy as np
@@ -30,6 +31,32 @@ def load_saved_model(path):
         raise ConfigError(f"--saved_model={path}: lacks the {', '.join(missing)} endpoint(s) of a "
                           "bnreg export (made by bnreg-train)")
     return loaded
+
+
+def dataset_record(path):
+    """The export's `dataset.json` (dataset, data_dir, splits, class names), or {} if absent."""
+    record_path = os.path.join(path, "dataset.json")
+    if not os.path.isfile(record_path):
+        return {}
+    try:
+        with open(record_path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--saved_model={path}: dataset.json is unreadable ({error})") from None
+
+
+def split_to_score(dataset, data_dir, record, holdout=False):
+    """The split bnreg-eval scores: the run's own test (or holdout) split when `dataset` is the
+    one it trained on, else that dataset's test split (holdout) as bnreg-train plans it."""
+    role = "validation" if holdout else "test"
+    if record.get("dataset") == dataset and record.get("splits", {}).get(role):
+        return record["splits"][role]
+    spec = catalog.spec(dataset, data_dir)
+    splits = catalog.plan_splits(spec, True)
+    split = splits.validation if holdout else splits.test
+    if split is None:
+        raise ConfigError(f"--holdout: {dataset} has no holdout split")
+    return split
 
 
 def score(loaded, batches, dropout_rate=0.5, draws=5, seed=0):

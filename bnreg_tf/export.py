@@ -6,9 +6,12 @@ Endpoints (signatures) of the export:
 - `classify_embedding`: float32 embedding [B, E] -> `logits`, i.e. the layers after the
   embedding's Dropout (Fixup's scalar bias and the classifier). `bnreg-eval` applies test-time
   Dropout masks between the two.
+Beside the SavedModel files: `dataset.json` (dataset, its splits, classes; `bnreg-eval` reads
+it) and `class_names.txt` (line i names label i; a folder's sorted class folders).
 The directory is written beside the target and renamed into place, so an interrupted export
 never leaves a half-written SavedModel where a good one was.
 """
+import json
 import os
 import shutil
 
@@ -25,8 +28,11 @@ def classify_embedding(network, embedding):
     return tf.cast(network.get_layer("classifier")(x), tf.float32)
 
 
-def export_saved_model(network, preprocessing, path):
-    """Writes the SavedModel of `network` to `path` (replacing an older export atomically)."""
+def export_saved_model(network, preprocessing, path, dataset=None):
+    """Writes the SavedModel of `network` to `path` (replacing an older export atomically).
+
+    `dataset`: the run's data record (`bnreg_tf.results.dataset_record`), saved beside it.
+    """
     channels = network.input_shape[-1]
     width = network.get_layer("classifier").kernel.shape[0]
 
@@ -51,6 +57,11 @@ def export_saved_model(network, preprocessing, path):
     shutil.rmtree(staging, ignore_errors=True)
     try:
         archive.write_out(staging, verbose=False)
+        if dataset is not None:
+            with open(os.path.join(staging, "dataset.json"), "w") as f:
+                json.dump(dataset, f, indent=2)
+            with open(os.path.join(staging, "class_names.txt"), "w") as f:
+                f.write("".join(f"{name}\n" for name in dataset["class_names"]))
     except BaseException:  # a full disk or a signal: leave no half-written SavedModel behind
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -2,6 +2,7 @@
 
 Each field becomes `--<field>` (bool fields also `--no<field>`) with no default of its own:
 `config_from_flags` starts from `--preset` and overrides exactly the flags given.
+Every flag belongs to a help group (`--help` lists them by group, `bnreg_tf.cli.help`).
 """
 import dataclasses
 
@@ -9,6 +10,26 @@ from absl import flags
 
 from bnreg_tf.config import RunConfig, validate
 from bnreg_tf.presets import PRESETS, preset
+
+GROUP_ORDER = ("preset", "data", "model", "penalties", "optimisation", "execution",
+               "evaluation", "study", "output")
+_GROUPS = {"preset": "preset", "export_only": "output", "output_dir": "output",
+           "variants": "study", "seeds": "study", "coefficients": "study"}
+
+
+def set_group(group, *names):
+    """Lists the flags `names` under `group` in `--help`."""
+    for name in names:
+        _GROUPS[name] = group
+
+
+def flag_group(name):
+    """The help group of flag `name` ("other" when none was set)."""
+    if name in _GROUPS:
+        return _GROUPS[name]
+    fields = {field.name: field for field in dataclasses.fields(RunConfig)}
+    return fields[name].metadata["group"] if name in fields else "other"
+
 
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            str: flags.DEFINE_string}
@@ -18,7 +39,8 @@ def define_run_flags(flag_values=flags.FLAGS, default_preset="digits", with_pres
     """Defines `--preset` (unless `with_preset=False`) and one flag per RunConfig field."""
     if with_preset:
         flags.DEFINE_string("preset", default_preset,
-                            f"Paper experiment to start from: {', '.join(PRESETS)}",
+                            f"Paper experiment to start from [name]: {', '.join(PRESETS)}; "
+                            "every other flag overrides it",
                             flag_values=flag_values)
     for field in dataclasses.fields(RunConfig):
         kind = {"bool": bool, "int": int, "float": float, "str": str}.get(field.type, field.type)

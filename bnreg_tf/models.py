@@ -19,16 +19,18 @@ def check_model_name(name):
 
 
 def native_image_size(config, dataset_spec):
-    """The training resolution: --image_size, else EfficientNet's on ImageNet, else the data's."""
+    """The training resolution: --image_size, else EfficientNet's own on ImageNet-like data
+    (large or varying images, trained with random-resized crops), else the data's."""
     if config.image_size:
         return config.image_size
-    if config.family == "efficientnet" and config.dataset == "imagenet2012":
+    if config.family == "efficientnet" and dataset_spec.augment == "goyal":
         return efficientnet.SCALING[config.model[len(EFFICIENTNET_PREFIX):]].resolution
     return dataset_spec.image_size
 
 
 def build_network(config, dataset_spec, image_size):
-    """The `{"logits", "embedding"}` Keras model that `config` describes."""
+    """The `{"logits", "embedding"}` Keras model that `config` describes, for the data's
+    channels and classes."""
     shape = (image_size, image_size, dataset_spec.channels)
     if config.family == "efficientnet":
         return efficientnet.build_model(

@@ -24,7 +24,7 @@ PRESETS = {
     # Offline default: WRN-10-1 on scikit-learn's 8x8 digits (about 30 s on 2 CPU cores).
     "digits": RunConfig(
         model="wrn10_1", dataset="digits", epochs=15, batch_size=64, learning_rate=0.05,
-        schedule="cosine", momentum=0.9, augment="none"),
+        schedule="cosine", momentum=0.9, augment="auto"),
     # WRN-28-10 on CIFAR-10: 200 epochs, cosine, batch 128, flips + pad-and-crop, Swish; LR 0.1
     # (the paper's best with BN; 0.2 with FL2). Weight decay 5e-4 and Nesterov: assumed (WRN).
     "wrn28_10_cifar10": RunConfig(

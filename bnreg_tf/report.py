@@ -299,8 +299,7 @@ def figure_curves(records, path):
 
     plt = _pyplot()
     runs = reported(records)
-    split = "holdout" if all(r.get("holdout", True) for r in runs) else "test split"
-    panels = (("val_accuracy", f"accuracy ({split}, per epoch)", False),
+    panels = (("val_accuracy", "holdout accuracy per epoch", False),
               ("embedding_norm_sq", "E‖Emb(x)‖² on the probe batch", True),
               ("output_norm_sq", "E‖NN(x)‖² (logits) on the probe batch", True))
     rates = len({key[2] for key in _groups(runs)}) > 1
@@ -332,7 +331,8 @@ def figure_curves(records, path):
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
     figure.suptitle("Median over seeds, band = min-max (paper Figure 2); ▼ = exactly 0, drawn "
-                    "at the axis floor")
+                    "at the axis floor" + ("" if all(r.get("holdout", True) for r in runs) else
+                                           "; runs on the full training split have no holdout"))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -492,7 +492,8 @@ def write_report(records, output_dir, header, study=None):
             lines += ["## The paper's tables", "", tables]
     lines += ["## Results (median [min, max] over seeds)", "", main_table(records), ""]
     if study is not None:
-        notes = caveats(records, catalog.DATASETS[study.base.dataset].num_classes)
+        classes = catalog.spec(study.base.dataset, study.base.data_dir).num_classes
+        notes = caveats(records, classes)
         lines += ["## Caveats", ""] + [f"- {note}" for note in notes or
                                        ["None found in this data."]] + [""]
     failed = [r for r in records if r["status"] == "failed"]

@@ -154,12 +154,12 @@ def first_difference(previous, config):
     return None
 
 
-def check_model_dir(config, writable=True):
+def check_model_dir(config, writable=True, compare=True):
     """Raises ConfigError unless `config.model_dir` can hold this run; True if it holds it already.
 
     Refuses a non-empty dir without bnreg's config.json (never writes into someone else's files),
     checkpoints without config.json (their config is unknown: `--init_from` branches from them),
-    and a config.json of a different run. Writes nothing but an emptied write probe.
+    and (with `compare`) a config.json of a different run. Writes nothing but a removed probe.
     """
     model_dir = config.model_dir
     if writable:
@@ -178,13 +178,13 @@ def check_model_dir(config, writable=True):
                 f"--model_dir={model_dir} is not empty and holds no bnreg config.json "
                 f"({len(entries)} entries, e.g. {sorted(entries)[0]!r}); use an empty or new dir")
         return False
-    difference = first_difference(previous, config)
+    difference = compare and first_difference(previous, config)
     if difference:
         name, old, new = difference
         raise ConfigError(
             f"--model_dir={model_dir} holds a run with a different config (--{name}={old!r} "
-            f"there, {new!r} asked); repeat that run's flags, or branch from it with a new "
-            f"--model_dir and --init_from={model_dir}")
+            f"there, {new!r} asked); repeat that run's flags, or branch it: "
+            f"--init_from={model_dir} --model_dir=NEW_DIR starts a new run from its weights")
     return True
 
 

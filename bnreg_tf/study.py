@@ -236,7 +236,7 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
     (None: not given); `protocol` ("holdout" or "paper") and `tuning_seeds` (how many seeds
     phase 1 uses) default to the preset's.
     Raises ConfigError (one line) for an unknown preset, an empty or duplicated list, a negative
-    seed, a coefficient no chosen variant uses, a bad run config or missing data.
+    seed, a coefficient no chosen variant uses or a bad run config (`check_data`: missing data).
     """
     from bnreg_tf.presets import preset
 
@@ -304,7 +304,6 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
             validate(spec.config)
         except ConfigError as error:
             raise ConfigError(f"{error} (run {spec.name})") from None
-    _check_data(base)
     return Study(name, chosen, base, tuple(variants), tuple(seeds), tuple(sweep or ()),
                  output_dir, tuple(runs), protocol, rates, tuple(range(tuning_seeds)))
 
@@ -367,10 +366,14 @@ def final_runs(study, records):
     return runs
 
 
-def _check_data(config):
-    """Every split a run reads (train, holdout, test) is there: one line naming what is missing."""
+def check_data(study):
+    """Every split a run reads (train, holdout, test) is there: one line naming what is missing.
+
+    Reading data initialises TensorFlow's devices: call it after the strategy is made.
+    """
     from bnreg_tf.data import catalog
 
+    config = study.base
     train_split, eval_split, _, _ = catalog.split_plan(config.dataset, True)
     _, test_split, _, _ = catalog.split_plan(config.dataset, False)
     for split in dict.fromkeys((train_split, eval_split, test_split)):
@@ -436,7 +439,8 @@ def _record(spec):
     return {"run": spec.name, "phase": spec.phase, "variant": spec.variant, "seed": spec.seed,
             "coefficient": spec.coefficient, "learning_rate": config.learning_rate,
             "holdout": config.holdout,
-            "train_examples": catalog.split_plan(config.dataset, config.holdout)[2],
+            "train_examples": catalog.split_plan(config.dataset, config.holdout,
+                                                 config.data_dir)[2],
             "model_dir": config.model_dir}
 
 
@@ -610,8 +614,10 @@ def _curves(model_dir, results):
         rows = list(csv.DictReader(f))
     initial = results.get("initial_norms") or {}
     return {
-        "epoch": [0] + [int(r["epoch"]) + 1 for r in rows],
-        "val_accuracy": [None] + [float(r["val_accuracy"]) for r in rows],
+        "epoch": [0] + [int(r["epoch"]) for r in rows],   # log.csv counts epochs from 1
+        # No holdout (--noholdout, the paper protocol's final runs): no per-epoch accuracy.
+        "val_accuracy": [None] + [float(r["val_accuracy"]) if r.get("val_accuracy") else None
+                                  for r in rows],
         "embedding_norm_sq": [initial.get("probe_embedding_norm_sq")] +
                              [float(r["probe_embedding_norm_sq"]) for r in rows],
         "output_norm_sq": [initial.get("probe_output_norm_sq")] +

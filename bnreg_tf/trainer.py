@@ -2,16 +2,16 @@
 
 Model dir layout: `config.json` (the resolved config: the run's identity), `bnreg.lock` (the one
 writer's lock, `bnreg_tf.rundir`), `checkpoints/` (tf.train.CheckpointManager: model, optimizer
-with its slots and EMA, the epoch's running training metrics), `log.csv` (one row per epoch:
-loss, accuracy, each penalty, validation metrics, NormMonitor norms, learning rate, images/s),
-`tensorboard/`, `results.json` (final evaluation) and `export/` (the SavedModel).
+with its slots and EMA, the epoch's running training metrics), `log.csv` (one row per epoch,
+1-based: loss, accuracy, each penalty, validation metrics, NormMonitor norms, mean learning rate,
+images/s), `tensorboard/{train,validation}/` (per-step scalars and HParams, bnreg_tf.callbacks),
+`normalization.json` (datasets without published statistics), `results.json` (validation on the
+holdout, then the test split scored once) and `export/` (the SavedModel).
 The strategy is made once per process by the binary (`bnreg_tf.strategies`) and passed in.
 """
 import contextlib
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -20,18 +20,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnreg_tf import callbacks as cb, early_stopping, keras_fixes, preemption
+from bnreg_tf import callbacks as cb, early_stopping, keras_fixes, preemption, progress
 from bnreg_tf.checkpoints import restore_latest
 from bnreg_tf.config import ConfigError, RunConfig, validate
 from bnreg_tf.data import catalog, pipeline
 from bnreg_tf.diagnostics import NormMonitor
 from bnreg_tf.export import export_saved_model
 from bnreg_tf.models import build_network, native_image_size
+from bnreg_tf.results import dataset_record, evaluate_split, split_results
 from bnreg_tf.rundir import RunLock, check_model_dir, remove_leftovers, write_atomically
 from bnreg_tf.schedules import make_optimizer
 from bnreg_tf.strategies import (check_batch_split, is_chief, jit_compile, set_precision,
                                  worker_scratch_dir)
 from bnreg_tf.training import Classifier
+from bnreg_tf.warm_start import restore_init_from
 from efficientnet.optim import ReferenceRMSprop, average_sources
 
 def _silent(*_):
@@ -40,27 +42,6 @@ def _silent(*_):
 
 def _path(config, *parts):
     return os.path.join(config.model_dir, *parts)
-
-
-def _truncate_log(path, first_epoch_to_drop):
-    """Drops log rows of epochs that will run again (killed after logging, before checkpoint)."""
-    if not os.path.exists(path):
-        return
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < first_epoch_to_drop] \
-            if rows else []
-    except (ValueError, UnicodeDecodeError, csv.Error, IndexError):
-        raise ConfigError(f"{path}: not a bnreg log (unreadable rows); move it aside to resume "
-                          "(a new one is started)") from None
-    if rows and rows[0][:1] != ["epoch"]:
-        raise ConfigError(f"{path}: not a bnreg log (no epoch column); move it aside to resume "
-                          "(a new one is started)")
-    if len(kept) != len(rows):
-        text = io.StringIO()
-        csv.writer(text).writerows(kept)
-        write_atomically(path, text.getvalue())
 
 
 def _read_initial_norms(path):
@@ -92,6 +73,8 @@ class Run:
     start_step: int = 0
     write_dir: str = ""   # the model dir on the chief, a scratch dir on other workers
     epoch_metrics: list = None   # the checkpointed running means of the epoch resumed mid-way
+    splits: catalog.Splits = None   # train / validation (None: --noholdout) / test
+    init_from: str = ""   # the checkpoint the weights came from (--init_from), if any
 
     @property
     def chief(self):
@@ -112,32 +95,34 @@ class Run:
 
 
 def preflight(config, strategy):
-    """Everything checked before a run writes anything: flags, batch split, data. Returns the plan
-    `(spec, train_split, eval_split, train_examples)`."""
+    """Everything checked before a run writes anything: flags, batch split, data (every split the
+    run reads). Returns the dataset spec and its `catalog.Splits`."""
     validate(config)
     check_batch_split(strategy, config.batch_size)
     check_batch_split(strategy, config.eval_batch_size, "eval_batch_size")
-    spec = catalog.DATASETS[config.dataset]
-    train_split, eval_split, train_examples, _ = catalog.split_plan(config.dataset, config.holdout)
-    for split in (train_split, eval_split):
-        catalog.load(config.dataset, split, config.data_dir, config.download)
-    return spec, train_split, eval_split, train_examples
+    spec, splits = catalog.plan_for(config)
+    for split in (splits.train, splits.validation, splits.test):  # fail fast, before any write
+        if split:
+            catalog.load(config.dataset, split, config.data_dir, config.download)
+    return spec, splits
 
 
 def build_run(config, strategy, log=print):
-    """Builds model/optimizer in `strategy`'s scope and restores the newest good checkpoint.
+    """Builds model/optimizer in `strategy`'s scope and restores the newest good checkpoint
+    (else, with --init_from, another run's weights).
 
     `strategy` is the process's one strategy (`bnreg_tf.strategies.make_strategy`). Writes
     nothing to the model dir except, on the chief, a repaired checkpoint index.
     """
-    spec, train_split, eval_split, train_examples = preflight(config, strategy)
-    steps_per_epoch = config.steps_per_epoch or max(1, train_examples // config.batch_size)
+    spec, splits = preflight(config, strategy)
+    train_split, eval_split = splits.train, splits.validation
+    steps_per_epoch = config.steps_per_epoch or max(1, splits.train_examples // config.batch_size)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     set_precision(config.precision, strategy)
     image_size = native_image_size(config, spec)
-    preprocessing = pipeline.preprocessing_for(config, image_size)
+    preprocessing = pipeline.preprocessing_for(config, image_size, spec, splits)
     with strategy.scope():
         network = build_network(config, spec, image_size)
         trainer = Classifier(network, spec.num_classes, config.label_smoothing,
@@ -171,12 +156,17 @@ def build_run(config, strategy, log=print):
         epoch_metrics = [v.numpy() for v in metric_variables]
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"),
                                          max_to_keep=3)
+    init_from = ""
+    if not latest and config.init_from:
+        init_from = restore_init_from(config, network)
     return Run(config, strategy, trainer, network, optimizer, preprocessing, manager,
-               steps_per_epoch, train_split, eval_split, start_step, write_dir, epoch_metrics)
+               steps_per_epoch, train_split, eval_split, start_step, write_dir, epoch_metrics,
+               splits, init_from)
 
 
 def _probe(run):
-    dataset = pipeline.eval_dataset(run.config, run.preprocessing, run.eval_split,
+    dataset = pipeline.eval_dataset(run.config, run.preprocessing,
+                                    run.eval_split or run.splits.test,  # norms only, no selection
                                     run.config.norm_probe_size, limit=run.config.norm_probe_size)
     return next(iter(dataset))[0].numpy()
 
@@ -199,9 +189,9 @@ def _writer(config, strategy, log):
         check_model_dir(config, writable=False)
         yield
         return
-    check_model_dir(config)
-    with RunLock(config.model_dir, log):
-        check_model_dir(config)   # another process may have written it before we locked
+    check_model_dir(config, compare=False)   # never lock (write) in a foreign dir
+    with RunLock(config.model_dir, log):   # a busy dir is refused as busy, whatever its config
+        check_model_dir(config)
         remove_leftovers(config.model_dir, log)
         yield
 
@@ -209,14 +199,14 @@ def _writer(config, strategy, log):
 def train(config, strategy, log=print, verbose=None):
     """Trains (or resumes) the run `config` describes under `strategy`; returns the results dict.
 
-    `verbose`: Keras' progress output (default 2, one line per epoch; 0 when BNREG_QUIET is set).
+    `verbose`: None (default) picks the progress output (`bnreg_tf.progress`): Keras' bar on a
+    terminal, progress lines otherwise, nothing when BNREG_QUIET is set; 0 = silent.
     Raises ConfigError (bad flags, data or model dir), RunDirBusy (another process holds the
     model dir), NonFiniteLoss, or preemption.Preempted (SIGTERM/SIGINT: a checkpoint was saved).
     """
     preflight(config, strategy)
     with _writer(config, strategy, log), preemption.stop_signals(strategy):
         return _train(config, strategy, log, verbose)
-
 
 
 def _train(config, strategy, log, verbose):
@@ -228,7 +218,7 @@ def _train(config, strategy, log, verbose):
     report = log
     if not run.chief:
         log = _silent
-    log(f"bnreg: config\n{config.to_json()}")
+    log(progress.summary(run, _path(config, "config.json")))
     start, total, spe = run.start_step, run.total_steps, run.steps_per_epoch
     guard = cb.NonFiniteGuard()
     monitor = NormMonitor(_probe(run))
@@ -244,7 +234,7 @@ def _train(config, strategy, log, verbose):
         if start:
             log(f"bnreg: resuming from {run.checkpoint_manager.latest_checkpoint} (step {start})")
         log_path = os.path.join(run.write_dir, "log.csv")
-        _truncate_log(log_path, start // spe)
+        cb.check_epoch_log(log_path)
         callbacks = [guard, monitor, cb.RunStats(config.batch_size)]
         if run.epoch_metrics is not None and start % spe:
             callbacks.insert(0, cb.RestoreEpochMetrics(run.epoch_metrics))
@@ -253,17 +243,16 @@ def _train(config, strategy, log, verbose):
         if config.early_stopping:   # before the Checkpointer: see bnreg_tf.early_stopping
             callbacks.append(early_stopping.BestCheckpoint(run.checkpoint_manager.checkpoint,
                                                            run.write_dir, guard))
-        callbacks += [keras.callbacks.CSVLogger(log_path, append=True),
+        callbacks += [cb.EpochLog(log_path, spe),  # 1-based epochs; drops rows to be redone
                       cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps),
                       preemption.StopOnSignal(run.checkpoint_manager)]   # inert outside the block
         if run.chief:
-            callbacks.append(cb.ScalarSummaries(_path(config, "tensorboard")))
-        validation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
-                                           config.eval_batch_size)
+            callbacks.append(cb.TensorBoardLog(_path(config, "tensorboard"), config))
+        validation = None if run.eval_split is None else pipeline.eval_dataset(
+            config, run.preprocessing, run.eval_split, config.eval_batch_size)
         epoch, into_epoch = divmod(start, spe)
-        if verbose is None:
-            verbose = 2 if os.environ.get("BNREG_QUIET") is None else 0
-        verbose = verbose if run.chief else 0
+        verbose, shown = progress.choose(verbose if run.chief else 0, config, spe)
+        callbacks += shown
         if into_epoch:  # a step checkpoint: finish that epoch first, then go on per epoch
             run.trainer.fit(_train_input(run, start), epochs=epoch + 1, initial_epoch=epoch,
                             steps_per_epoch=spe - into_epoch, validation_data=validation,
@@ -274,11 +263,12 @@ def _train(config, strategy, log, verbose):
                             steps_per_epoch=spe, validation_data=validation,
                             callbacks=callbacks, verbose=verbose, shuffle=False)
     if guard.tripped is not None:
+        good = run.checkpoint_manager.latest_checkpoint
+        branch = (f"; to go on with other settings (e.g. a lower --learning_rate), start a new "
+                  f"run from it: --init_from={config.model_dir} --model_dir=NEW_DIR") if good else ""
         raise cb.NonFiniteLoss(
             f"loss became non-finite at step {guard.tripped}; training stopped. Last good "
-            f"checkpoint: {run.checkpoint_manager.latest_checkpoint or 'none saved yet'}; lower "
-            f"--learning_rate or a penalty and branch from it: a new --model_dir with "
-            f"--init_from={config.model_dir}")
+            f"checkpoint: {good or 'none saved yet'}{branch}")
     best = early_stopping.restore_best(run) if config.early_stopping else None
     results = finish(run, monitor, log)
     if best and run.chief:   # the evaluated and exported weights are the best epoch's
@@ -301,21 +291,21 @@ def weights_fingerprint(network):
 def finish(run, monitor, log=print):
     """Final evaluation (averaged weights where the recipe has them), results.json and export."""
     config = run.config
-    evaluation = pipeline.eval_dataset(config, run.preprocessing, run.eval_split,
-                                       config.eval_batch_size)
     with run.averaged():
-        metrics = run.trainer.evaluate(evaluation, verbose=0, return_dict=True)
+        scores = {}   # the holdout (unless --noholdout), then the test split, scored once
+        for role, split in (("validation", run.eval_split), ("test", run.splits.test)):
+            if split:
+                scores[role] = evaluate_split(run, split)
         probe = NormMonitor(monitor.probe)
         probe.set_model(run.trainer)
         final_norms = probe.measure()
         export_path = None
         if config.export and run.chief:
             export_path = export_saved_model(run.network, run.preprocessing,
-                                             _path(config, "export"))
+                                             _path(config, "export"),
+                                             dataset_record(run))
     results = {
-        "eval_split": run.eval_split,
-        "eval_accuracy": float(metrics["accuracy"]),
-        "eval_cross_entropy": float(metrics["cross_entropy"]),
+        **split_results(scores),
         "steps": int(run.trainer.optimizer.iterations.numpy()),
         "epochs": config.epochs,
         "norms": final_norms,
@@ -327,8 +317,7 @@ def finish(run, monitor, log=print):
         shutil.rmtree(run.write_dir, ignore_errors=True)
         return results
     write_atomically(_path(config, "results.json"), json.dumps(results, indent=2) + "\n")
-    log(f"bnreg: {run.eval_split} accuracy {results['eval_accuracy']:.4f} after "
-        f"{results['steps']} steps; results in {_path(config, 'results.json')}")
+    log(progress.final_line(results, _path(config, "results.json")))
     return results
 
 
@@ -344,6 +333,7 @@ def export_from_checkpoint(config, strategy, log=print):
         if config.early_stopping:   # the best holdout epoch's, as train() exports
             early_stopping.restore_best(run)
         with run.averaged():
-            path = export_saved_model(run.network, run.preprocessing, _path(config, "export"))
+            path = export_saved_model(run.network, run.preprocessing, _path(config, "export"),
+                                      dataset_record(run))
     log(f"bnreg: exported {run.checkpoint_manager.latest_checkpoint} to {path}")
     return path

@@ -8,6 +8,7 @@ import string
 
 import keras
 
+from bnreg_tf import batchnorm
 from bnreg_tf.heads import classifier_head, with_head_penalties
 from bnreg_tf.init import Seeds, he_normal_fan_out
 from bnreg_tf.layers import StochasticDepth
@@ -26,7 +27,7 @@ class _Builder:
             kernel_initializer=he_normal_fan_out(self.next_seed()), name=name)(x)
 
     def bn_swish(self, x, name, activate=True):
-        x = keras.layers.BatchNormalization(
+        x = batchnorm.BatchNormalization(
             momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=f"{name}_bn")(x)
         return keras.layers.Activation("swish", name=f"{name}_activation")(x) if activate else x
 

@@ -7,7 +7,7 @@ import dataclasses
 
 import keras
 
-from bnreg_tf import init
+from bnreg_tf import batchnorm, init
 from bnreg_tf.init import Seeds
 from bnreg_tf import layers as bl
 from bnreg_tf.heads import classifier_head
@@ -58,7 +58,7 @@ class NormPolicy:
         return attach_kl(x, self.kl)
 
     def _bn(self, x, name, zero_gamma=False):
-        return keras.layers.BatchNormalization(
+        return batchnorm.BatchNormalization(
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             gamma_initializer="zeros" if zero_gamma else "ones",

@@ -57,30 +57,35 @@ def test_digits_train_export_eval(tmp_path, flags, column):
             "--batch_size=32", *flags]))
     results = _results(model_dir)
     rows = _log(model_dir)
-    assert [r["epoch"] for r in rows] == ["0", "1"] and results["steps"] == 10
-    penalty_columns = [c for c in rows[0] if column in c and not c.startswith("val_")]
+    assert [r["epoch"] for r in rows] == ["1", "2"] and [r["step"] for r in rows] == ["5", "10"]
+    assert results["steps"] == 10
+    assert not [c for c in rows[0] if c.startswith("val_") and column in c]  # no NaN columns
+    penalty_columns = [c for c in rows[0] if column in c]
     assert penalty_columns and all(np.isfinite(float(r[c])) and float(r[c]) > 0
                                    for r in rows for c in penalty_columns)
     for key in ("probe_embedding_norm_sq", "probe_output_norm_sq", "learning_rate",
                 "images_per_second", "val_accuracy"):
         assert np.isfinite(float(rows[-1][key])), key
-    # TensorBoard scalars: the same numbers as the CSV.
-    events = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(model_dir, "tensorboard"))
-              for f in fs]
+    # TensorBoard scalars: the same numbers as the CSV, at the global step.
     scalars = {}
-    for path in events:
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
-    assert scalars[("loss", 2)] == pytest.approx(float(rows[1]["loss"]), rel=1e-6)
-    # bnreg-eval on the export in a fresh process: the baked-in preprocessing reproduces the
-    # trainer's own evaluation of the test split.
+    for directory, _, files in os.walk(os.path.join(model_dir, "tensorboard")):
+        for name in files:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
+                for value in event.summary.value:
+                    if value.metadata.plugin_data.plugin_name == "scalars":
+                        scalars[(os.path.basename(directory), value.tag, event.step)] = \
+                            float(tf.make_ndarray(value.tensor))
+    assert scalars[("train", "loss", 10)] == pytest.approx(float(rows[1]["loss"]), rel=1e-6)
+    assert scalars[("validation", "accuracy", 10)] == \
+        pytest.approx(float(rows[1]["val_accuracy"]), rel=1e-6)
+    # bnreg-eval on the export in a fresh process (the run's own test split, from its
+    # dataset.json): the baked-in preprocessing reproduces the trainer's score of the test split.
     export = os.path.join(model_dir, "export")
-    ok(run(["bnreg_tf.cli.evaluate", f"--saved_model={export}", "--dataset=digits"]))
+    ok(run(["bnreg_tf.cli.evaluate", f"--saved_model={export}"]))
     with open(os.path.join(model_dir, "eval_digits.json")) as f:
         evaluation = json.load(f)
     assert evaluation["examples"] == 360
-    assert evaluation["accuracy"] == pytest.approx(results["eval_accuracy"], abs=1e-6)
+    assert evaluation["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
     assert evaluation["embedding_norm_sq"] > 0 and evaluation["output_norm_sq"] > 0
     assert 0 <= evaluation["dropout_accuracy"] <= 1
     assert evaluation["dropout_drop"] == pytest.approx(
@@ -172,7 +177,13 @@ def finished_run(tmp_path_factory):
 BAD_FLAGS = [
     (["bnreg_tf.cli.train", "--model=resnet51"], "bnreg-train: error: --model:"),
     (["bnreg_tf.cli.train", "--preset=cifar100"], "bnreg-train: error: --preset:"),
-    (["bnreg_tf.cli.train", "--dataset=mnist"], "bnreg-train: error: --dataset:"),
+    (["bnreg_tf.cli.train", "--dataset=not_a_dataset"], "bnreg-train: error: --dataset:"),
+    (["bnreg_tf.cli.train", "--dataset=folder", "--data_dir={empty}"],
+     "bnreg-train: error: --data_dir="),
+    (["bnreg_tf.cli.train", "--init_from={empty}", "--model_dir={fresh}"],
+     "bnreg-train: error: --init_from="),
+    (["bnreg_tf.cli.train", "--noexport=1"], "bnreg-train: error: --noexport=1"),
+    (["bnreg_tf.cli.train", "--seed=abc"], "bnreg-train: error: flag --seed=abc"),
     (["bnreg_tf.cli.train", "--embedding_l2=-1"], "bnreg-train: error: --embedding_l2:"),
     (["bnreg_tf.cli.train", "--functional_l2=nan"], "bnreg-train: error: --functional_l2:"),
     (["bnreg_tf.cli.train", "--epochs=two"], "bnreg-train: error: flag --epochs="),
@@ -188,9 +199,13 @@ BAD_FLAGS = [
      "bnreg-train: error: --strategy=multi_worker: expected the TF_CONFIG"),
     (["bnreg_tf.cli.evaluate", "--saved_model={model_dir}", "--dataset=digits"],
      "bnreg-eval: error: --saved_model="),
-    (["bnreg_tf.cli.evaluate", "--saved_model={model_dir}/export", "--dataset=mnist"],
+    (["bnreg_tf.cli.evaluate", "--saved_model={model_dir}/export", "--dataset=not_a_dataset"],
      "bnreg-eval: error: --dataset:"),
     (["run_imagenet.py", "--preset=digits"], "run_imagenet.py: error: --preset:"),
+    (["bnreg_tf.cli.evaluate", "--saved_model={model_dir}/export", "--output=/proc/r.json"],
+     "bnreg-eval: error: --output=/proc/r.json: cannot write there"),
+    (["bnreg_tf.cli.evaluate", "--saved_model={model_dir}/export", "--output={model_dir}"],
+     "bnreg-eval: error: --output="),
 ]
 
 
@@ -216,3 +231,13 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(finished_run, tmp_p
     assert "Traceback" not in result.stderr
     assert _snapshot(finished_run) == before
     assert not os.path.exists(fresh)
+
+
+def test_eval_writes_a_bare_output_file_name_into_the_working_dir(finished_run, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
+                             f"--saved_model={finished_run}/export", "--output=r.json"],
+                            cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ROOT},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "r.json") as f:
+        assert json.load(f)["examples"] == 360

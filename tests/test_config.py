@@ -81,7 +81,11 @@ def test_config_round_trips_through_json():
 BAD = [
     (dict(model="resnet51"), "--model"),
     (dict(model="wrn27_10"), "--model"),
-    (dict(dataset="mnist"), "--dataset"),
+    (dict(dataset="not_a_dataset"), "--dataset"),
+    (dict(dataset="folder", data_dir="/nonexistent"), "--data_dir"),
+    (dict(holdout_fraction=1.5), "--holdout_fraction"),
+    (dict(dataset="cifar10", holdout_examples=100), "--holdout_examples"),
+    (dict(init_from="/nonexistent"), "--init_from"),
     (dict(norm="layernorm"), "--norm"),
     (dict(embedding_l2=-0.1), "--embedding_l2"),
     (dict(functional_l2=math.nan), "--functional_l2"),

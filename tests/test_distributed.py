@@ -125,4 +125,4 @@ def test_multi_worker_run_killed_and_restarted_resumes(tmp_path):
     # compare what is exact: weights, and the validation metrics of every epoch.
     _assert_same_run(reference, resumed, rtol=0, atol=0, columns=("val_loss", "val_accuracy"))
     with open(os.path.join(resumed, "log.csv")) as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3"]

@@ -53,7 +53,7 @@ def test_early_stopping_exports_the_best_holdout_epoch(tmp_path, monkeypatch):
 
 
 def test_early_stopping_needs_the_holdout():
-    config = PRESETS["digits"].replace(model_dir="/tmp/unused", early_stopping=True)
+    config = PRESETS["digits"].replace(model_dir="/tmp/unused", early_stopping=True, holdout=False)
     with pytest.raises(ConfigError, match="--early_stopping: expected --holdout too"):
         validate(config)
     assert PRESETS["efficientnet_b8_imagenet"].early_stopping

@@ -80,6 +80,44 @@ def test_standardization_kl_gradient_matches_the_closed_form(rng):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
 
 
+def test_standardization_kl_keeps_precision_when_the_mean_dwarfs_the_spread(rng):
+    # Channels with mean 50-300 and std 0.05-1: the raw E[x^2] - mean^2 in float32 loses the
+    # variance (error ~6e-8 * mean^2, more than the variance), and with it the gradient, which
+    # depends on 1 / var; the shifted sums must not.
+    shape = (16, 6, 6, 5)
+    x = (rng.normal(size=shape) * rng.uniform(0.05, 1.0, 5) + rng.uniform(50, 300, 5))
+    x = x.astype(np.float32)
+    eps = 1e-5
+    tensor = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        value = penalties.standardization_kl(tensor, epsilon=eps)
+    assert rel_err(value, np_kl(x, eps)) < 1e-5
+    x = x.astype(np.float64)
+    var = x.var(axis=(0, 1, 2))
+    n, mu = x.size / x.shape[-1], x.mean(axis=(0, 1, 2))
+    want = mu / n + (1 - 1 / (var + eps)) * (x - mu) / n
+    np.testing.assert_allclose(tape.gradient(value, tensor), want, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_standardization_kl_in_a_graph_gives_the_eager_value_and_gradient(rng, dtype):
+    x = tf.cast(rng.normal(size=(8, 4, 4, 3)) * 2 + 1, dtype)
+
+    def value_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = penalties.standardization_kl(x)
+        return value, tape.gradient(value, x)
+
+    eager = value_and_gradient(x)
+    graph = tf.function(value_and_gradient)(x)
+    assert graph[1].dtype == x.dtype
+    np.testing.assert_allclose(graph[0], eager[0], rtol=1e-6)
+    np.testing.assert_allclose(tf.cast(graph[1], tf.float32), tf.cast(eager[1], tf.float32),
+                               rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_penalties_reduce_in_float32(rng, dtype):
     x = rng.normal(size=(4, 8)).astype(np.float32)

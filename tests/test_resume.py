@@ -79,4 +79,4 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_result(tm
     assert ref_state.keys() == res_state.keys() and len(ref_state) > 20
     for name, value in ref_state.items():
         np.testing.assert_array_equal(res_state[name], value, err_msg=name)
-    assert _epochs_logged(reference) == _epochs_logged(resumed) == ["0", "1", "2"]
+    assert _epochs_logged(reference) == _epochs_logged(resumed) == ["1", "2", "3"]

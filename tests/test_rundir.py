@@ -105,7 +105,7 @@ def test_stop_signal_saves_a_checkpoint_and_the_repeat_ends_identical(tmp_path, 
     _assert_identical(reference, model_dir)
     # The epoch resumed mid-way logs the loss and accuracy of all its steps, as the unbroken one.
     ours, theirs = _log(model_dir), _log(reference)
-    assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == ["0", "1"]
+    assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == ["1", "2"]
     for column in ("loss", "accuracy", "embedding_l2", "val_loss"):
         assert [float(r[column]) for r in ours] == [float(r[column]) for r in theirs], column
 
@@ -222,19 +222,21 @@ def test_corrupt_logs_missing_config_and_foreign_dirs_are_refused(tmp_path):
 
 def test_a_second_process_on_a_busy_dir_is_refused(tmp_path):
     model_dir = str(tmp_path / "run")
-    first = subprocess.Popen(_command(model_dir, "--checkpoint_steps=1"), cwd=ROOT, env=_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(_command(model_dir, "--steps_per_epoch=2000"), cwd=ROOT,
+                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     directory = os.path.join(model_dir, "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None and not (
-            os.path.isdir(directory) and os.listdir(directory)):
+            os.path.isdir(directory) and os.listdir(directory)):   # the first step checkpoint
         time.sleep(0.01)
-    second = train(model_dir, "--checkpoint_steps=1", "--learning_rate=0.3")
+    second = train(model_dir, "--steps_per_epoch=2000", "--learning_rate=0.3")
+    assert first.poll() is None, "the first run ended before the second started"
     line = _one_line_error(second)
     assert line.startswith(f"bnreg-train: error: --model_dir={model_dir} is in use by PID "
                            f"{first.pid} on "), line
+    first.send_signal(signal.SIGTERM)
     _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr[-2000:]
+    assert first.returncode == 75, stderr[-2000:]
     with open(os.path.join(model_dir, "config.json")) as f:
         assert json.load(f)["learning_rate"] == 0.05
 

@@ -51,8 +51,8 @@ def test_mirrored_study_over_two_cpus_matches_one_device(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     second = study(mirrored, *grid, "--strategy=mirrored", "--virtual_cpus=2")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("test acc") == 3
     runs = ["fixup_s0", "fixup_el2_c0.5_s0", "fixup_fl2_c0.5_s0"]
+    assert all(f"{run}: test acc" in second.stdout for run in runs)
     assert sorted(_results(mirrored)) == sorted(runs)
     for run in runs:   # the trainer's own mirrored test tolerance (test_distributed)
         for column in ("loss", "cross_entropy", "val_loss", "probe_embedding_l2",

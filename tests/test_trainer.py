@@ -134,6 +134,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         trainer.train(config, DEFAULT, log=lambda *_: None)
     message = str(error.value)
     assert "non-finite at step 7" in message and "ckpt-6" in message
+    assert f"--init_from={config.model_dir} --model_dir=NEW_DIR" in message
     manager_dir = tmp_path / "run" / "checkpoints"
     latest = tf.train.latest_checkpoint(str(manager_dir))
     assert latest.endswith("ckpt-6")

@@ -1,42 +1,51 @@
-"""Runs a binary's main so that bad input ends in one line on stderr and exit status 2."""
+"""Runs a binary's main: help, then flags, then `main()`, so that bad input ends in one line on
+stderr and exit status 2."""
 import os
 import sys
 
 from absl import flags
 
 from bnreg_tf.callbacks import NonFiniteLoss
+from bnreg_tf.cli import help as cli_help
 from bnreg_tf.config import ConfigError
 from bnreg_tf.data.catalog import DataError
 from bnreg_tf.preemption import EXIT_STATUS as PREEMPTED_STATUS, Preempted
 
 
-def run_main(main, argv=None, name=None, flag_values=flags.FLAGS):
-    """Parses flags, calls `main()`, maps expected failures to exit codes.
+def _fail(name, message, status=2):
+    print(f"{name}: error: {message}", file=sys.stderr)
+    sys.exit(status)
 
-    2: a bad flag, file or dataset, or a model dir in use (one line naming it); 1: a non-finite
-    loss (the message names the last good checkpoint); 75: stopped by SIGTERM/SIGINT after saving
-    a checkpoint (repeat the command to resume). Anything else is a bug and keeps its traceback.
+
+def run_main(main, argv=None, name=None, flag_values=flags.FLAGS):
+    """Answers help, parses flags, calls `main()`, maps expected failures to exit codes.
+
+    `--help`/`-h` print the binary's own flags by group, `--helpfull` absl's full list (exit 0).
+    2: a bad flag (any parse error), file or dataset (one line naming it); 1: a non-finite loss
+    (the message names the last good checkpoint); 75: stopped by SIGTERM/SIGINT after saving a
+    checkpoint (repeat the command to resume). Anything else is a bug and keeps its traceback.
     """
     argv = list(sys.argv if argv is None else argv)
     name = name or os.path.basename(argv[0])
+    wanted = cli_help.requested(argv)
+    if wanted:
+        module = sys.modules.get(getattr(main, "__module__", ""), None)
+        doc = (getattr(module, "__doc__", "") or "").strip().split("\n\n")[0]
+        cli_help.print_help(wanted, name, doc, flag_values)
+        sys.exit(0)
     try:
         extra = flag_values(argv)
-    except flags.Error as error:
-        message = str(error).strip().splitlines()[0]
-        print(f"{name}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+    except (flags.Error, ValueError) as error:  # absl raises both (`--noexport=1`: ValueError)
+        lines = str(error).strip().splitlines()
+        _fail(name, lines[0] if lines else f"cannot parse the flags ({type(error).__name__})")
     if len(extra) > 1:
-        print(f"{name}: error: unexpected arguments {extra[1:]}; every option is a --flag",
-              file=sys.stderr)
-        sys.exit(2)
+        _fail(name, f"unexpected arguments {extra[1:]}; every option is a --flag")
     try:
         sys.exit(main() or 0)
     except (ConfigError, DataError) as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(name, str(error).strip().splitlines()[0])
     except NonFiniteLoss as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        _fail(name, error, 1)
     except Preempted as error:
         print(f"{name}: {error}", file=sys.stderr)
         sys.exit(PREEMPTED_STATUS)

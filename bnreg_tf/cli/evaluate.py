@@ -1,5 +1,6 @@
 """`bnreg-eval`: scores a SavedModel from bnreg-train (accuracy, test-time dropout, norms, CIFAR-10-C).
 
+    bnreg-eval --saved_model=runs/wrn/export      # the run's own test split (its dataset.json)
     bnreg-eval --saved_model=runs/wrn/export --dataset=cifar10 --data_dir=$TFDS
 Writes JSON (default: eval_<dataset>.json beside the SavedModel) and prints the tables.
 """
@@ -16,48 +17,67 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("saved_model", None, "SavedModel directory written by bnreg-train")
-    flags.DEFINE_string("dataset", None, "digits, cifar10, svhn_cropped or imagenet2012")
-    flags.DEFINE_string("data_dir", "", "TFDS data dir")
-    flags.DEFINE_bool("holdout", False, "Score the paper's validation holdout instead of test")
-    flags.DEFINE_integer("batch_size", 256, "Evaluation batch size")
-    flags.DEFINE_integer("max_examples", 0, "Score only the first N examples of each split (0 = all)")
-    flags.DEFINE_float("dropout_rate", 0.5, "Test-time Dropout rate on the embedding (Table 3)")
-    flags.DEFINE_integer("dropout_draws", 5, "Dropout masks averaged per example")
+    from bnreg_tf.flags import set_group
+
+    flags.DEFINE_string("saved_model", None, "SavedModel directory written by bnreg-train [path] "
+                        "(required; e.g. runs/wrn/export)")
+    flags.DEFINE_string("dataset", None, "Dataset to score [name] (default: the one the export "
+                        "was trained on, from its dataset.json; same names as bnreg-train)")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir or image folder [path] (default: the "
+                        "training run's)")
+    flags.DEFINE_bool("holdout", False, "Score the run's validation holdout instead of its test "
+                      "split [bool]")
+    flags.DEFINE_integer("batch_size", 256, "Evaluation batch [images]")
+    flags.DEFINE_integer("max_examples", 0, "Score only the first N examples of each split "
+                         "[images] (0 = all)")
+    flags.DEFINE_float("dropout_rate", 0.5, "Test-time Dropout rate on the embedding "
+                       "[probability] (Table 3)")
+    flags.DEFINE_integer("dropout_draws", 5, "Dropout masks averaged per example [masks]")
     flags.DEFINE_enum("cifar10_c", "auto", ["auto", "yes", "no"],
-                      "Score CIFAR-10-C (auto: when --dataset=cifar10)")
-    flags.DEFINE_integer("seed", 0, "Seed of the dropout masks")
-    flags.DEFINE_string("output", "", "JSON path (default: eval_<dataset>.json beside the SavedModel)")
+                      "Score CIFAR-10-C [choice] (auto: when --dataset=cifar10)")
+    flags.DEFINE_integer("seed", 0, "Seed of the dropout masks [integer]")
+    flags.DEFINE_string("output", "", "JSON path [path] (default '': eval_<dataset>.json beside "
+                        "the SavedModel)")
+    set_group("model", "saved_model")
+    set_group("data", "dataset", "data_dir", "holdout", "max_examples")
+    set_group("evaluation", "dropout_rate", "dropout_draws", "cifar10_c", "seed")
+    set_group("execution", "batch_size")
+    set_group("output", "output")
 
 
 def main():
-    from bnreg_tf import evaluate, trainer
-    from bnreg_tf.data import catalog, pipeline
+    from bnreg_tf import evaluate, rundir
+    from bnreg_tf.data import pipeline
 
     if not FLAGS.saved_model:
         raise ConfigError("--saved_model: expected the SavedModel directory to score")
-    if FLAGS.dataset not in catalog.DATASETS:
-        raise ConfigError(f"--dataset: expected one of {', '.join(catalog.DATASETS)}, "
-                          f"got {FLAGS.dataset!r}")
     if not 0 <= FLAGS.dropout_rate < 1:
         raise ConfigError(f"--dropout_rate: expected a rate in [0, 1), got {FLAGS.dropout_rate}")
     for name in ("batch_size", "dropout_draws"):
         if FLAGS[name].value < 1:
             raise ConfigError(f"--{name}: expected an integer >= 1, got {FLAGS[name].value}")
+    record = evaluate.dataset_record(FLAGS.saved_model)
+    dataset = FLAGS.dataset or record.get("dataset")
+    if not dataset:
+        raise ConfigError(f"--dataset: {FLAGS.saved_model} has no dataset.json; name the "
+                          "dataset to score")
+    data_dir = FLAGS.data_dir if FLAGS.data_dir is not None else (
+        record.get("data_dir", "") if dataset == record.get("dataset") else "")
+    name = dataset.replace("/", "_")
+    output = FLAGS.output or os.path.join(os.path.dirname(os.path.abspath(FLAGS.saved_model)),
+                                          f"eval_{name}.json")
+    rundir.check_output_file(output, "--output")   # before the evaluation, not after it
     initialize_devices()
     loaded = evaluate.load_saved_model(FLAGS.saved_model)
-    _, split, _, _ = catalog.split_plan(FLAGS.dataset, FLAGS.holdout)
+    split = evaluate.split_to_score(dataset, data_dir, record, FLAGS.holdout)
     limit = FLAGS.max_examples or None
-    batches = pipeline.raw_dataset(FLAGS.dataset, split, FLAGS.data_dir, False, FLAGS.batch_size,
-                                   limit)
-    results = {"saved_model": os.path.abspath(FLAGS.saved_model), "dataset": FLAGS.dataset,
+    batches = pipeline.raw_dataset(dataset, split, data_dir, False, FLAGS.batch_size, limit)
+    results = {"saved_model": os.path.abspath(FLAGS.saved_model), "dataset": dataset,
                "split": split, **evaluate.score(loaded, batches, FLAGS.dropout_rate,
                                                  FLAGS.dropout_draws, FLAGS.seed)}
-    if FLAGS.cifar10_c == "yes" or (FLAGS.cifar10_c == "auto" and FLAGS.dataset == "cifar10"):
-        results["cifar10_c"] = evaluate.cifar10_c(loaded, FLAGS.data_dir, FLAGS.batch_size, limit)
-    output = FLAGS.output or os.path.join(os.path.dirname(os.path.abspath(FLAGS.saved_model)),
-                                          f"eval_{FLAGS.dataset}.json")
-    trainer.write_atomically(output, json.dumps(results, indent=2))
+    if FLAGS.cifar10_c == "yes" or (FLAGS.cifar10_c == "auto" and dataset == "cifar10"):
+        results["cifar10_c"] = evaluate.cifar10_c(loaded, data_dir, FLAGS.batch_size, limit)
+    rundir.write_atomically(output, json.dumps(results, indent=2))
     print(evaluate.format_report(results))
     print(f"bnreg-eval: wrote {output}")
     return 0

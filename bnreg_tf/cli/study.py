@@ -61,8 +61,9 @@ def main():
         records, strategy, start = study.collect(grid), None, time.time()
     else:
         study.check_reuse(grid, FLAGS.rerun_changed)
+        strategy = initialize_devices(grid.base)   # first: the data checks initialise devices
+        study.check_data(grid)
         rundir.check_writable(grid.output_dir, "--output_dir")
-        strategy = initialize_devices(grid.base)
         phase = " of phase 1 (tuning on the holdout)" if grid.protocol == "paper" else ""
         print(f"bnreg-study: {len(grid.runs[shard[0]::shard[1]])} of {len(grid.runs)} runs"
               f"{phase} ({len(grid.variants)} variants) of {grid.preset.training_preset} into "

@@ -14,7 +14,8 @@ FLAGS = flags.FLAGS
 
 def define_flags(default_preset="digits"):
     define_run_flags(FLAGS, default_preset)
-    flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --model_dir")
+    flags.DEFINE_bool("export_only", False, "Only export the latest checkpoint of --model_dir "
+                      "[bool]")
 
 
 def main():

@@ -1,13 +1,24 @@
-"""The datasets bnreg trains on, as a table, and how each one's splits are read.
+"""The datasets bnreg trains on: one table for the paper's, TFDS's own info for any other.
 
-Holdouts follow the paper (REFERENCE.md section 3): the last 5,000 CIFAR-10 training images,
-the last 3,257 of SVHN's 73,257 core images (no "extra"), and 25,022 ImageNet training images for
-early stopping. With `holdout=True` training uses the rest and evaluation uses the holdout; with
-`holdout=False` training uses the whole train split and evaluation the test split.
-`digits` (scikit-learn, offline) keeps its fixed train / validation / test split, its
-validation split playing the holdout.
+`--dataset` is one of
+- a name in `DATASETS` (the paper's datasets, REFERENCE.md section 3, and the offline digits):
+  exact splits and holdouts: the last 5,000 CIFAR-10 training images, the last 3,257 of SVHN's
+  73,257 core images (no "extra"), 25,022 ImageNet training images; digits keeps its fixed
+  train / validation / test split, its validation split playing the holdout. Adding a dataset
+  with known statistics is one entry here;
+- any other TFDS image-classification name (`fashion_mnist`, `cifar100`, `oxford_flowers102`):
+  classes, image shape and splits come from the builder's info; the holdout is the last
+  `--holdout_examples` (else `--holdout_fraction`) of the training split; a dataset without a
+  test split uses its validation split, else a test share carved off the training split's end;
+- `folder` with `--data_dir=DIR`: `DIR/train/<class>/*.{jpg,png}` and optionally
+  `DIR/test/<class>/*` (`bnreg_tf.data.folder`), carved like a TFDS dataset without test split.
+
+A training split is laid out `[train | holdout | carved test]`. With `holdout=True` (the
+default) training uses the first part and validation the holdout; with `holdout=False` training
+also uses the holdout and there is no validation. The test split is scored once, at the end.
 """
 import dataclasses
+import functools
 import os
 
 from bnreg_tf.data import digits
@@ -17,26 +28,46 @@ class DataError(RuntimeError):
     """Data that cannot be read; the message is one line saying how to fix it."""
 
 
+# Per-channel mean and std of the training images on the 0..255 scale.
+IMAGENET_NORMALIZATION = ((0.485 * 255, 0.456 * 255, 0.406 * 255),
+                          (0.229 * 255, 0.224 * 255, 0.225 * 255))
+SMALL_IMAGE = 64          # images up to this side train at their size with pad-and-crop
+LARGE_IMAGE_SIZE = 224    # images above it, or of varying size: random-resized crops of this
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    tfds_name: str
+    """What a run needs to know about a dataset."""
+
+    name: str                 # the --dataset value (a TFDS name, or "folder")
     num_classes: int
-    image_size: int          # native training resolution (ImageNet: the crop size)
+    image_size: int           # native training resolution (ImageNet: the crop size)
     channels: int
-    train_examples: int      # the full training split
-    holdout_examples: int
-    test_split: str          # what "test" means for this dataset
+    train_examples: int       # the whole training split
+    holdout_examples: int     # the paper's holdout; 0 = none given (use the holdout flags)
+    test_split: str           # "test", "validation", or "" = carved off the training split
     test_examples: int
-    augment: str             # default augmentation of the paper's recipe
+    augment: str              # default augmentation of the recipe
+    normalization: tuple = None   # (mean, std) per channel; None = from the training split
+    variable_size: bool = False   # images differ in size (a raw batch holds one image)
+    holdout_split: str = ""   # a split of its own playing the holdout (digits)
+    source: str = "tfds"      # tfds, digits or folder
+    image_key: str = "image"
+    label_key: str = "label"
+    class_names: tuple = ()
 
 
 DATASETS = {
-    "digits": DatasetSpec("digits", 10, 8, 1, 1437, 180, "test", 360, "none"),
-    "cifar10": DatasetSpec("cifar10", 10, 32, 3, 50_000, 5_000, "test", 10_000, "crop_flip"),
-    "svhn_cropped": DatasetSpec("svhn_cropped", 10, 32, 3, 73_257, 3_257, "test", 26_032, "crop"),
+    "digits": DatasetSpec("digits", 10, 8, 1, 1257, 180, "test", 360, "none",
+                          ((77.9,), (95.8,)), holdout_split="validation", source="digits"),
+    "cifar10": DatasetSpec("cifar10", 10, 32, 3, 50_000, 5_000, "test", 10_000, "crop_flip",
+                           ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))),
+    "svhn_cropped": DatasetSpec("svhn_cropped", 10, 32, 3, 73_257, 3_257, "test", 26_032, "crop",
+                                ((111.6, 113.2, 120.6), (50.5, 51.3, 50.2))),
     "imagenet2012": DatasetSpec("imagenet2012", 1000, 224, 3, 1_281_167, 25_022, "validation",
-                                50_000, "goyal"),
+                                50_000, "goyal", IMAGENET_NORMALIZATION, variable_size=True),
 }
+FOLDER = "folder"
 
 CIFAR10_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "frosted_glass_blur", "motion_blur",
@@ -49,17 +80,85 @@ IMAGENET_INSTRUCTIONS = (
     "{manual}, then run `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual}` once")
 
 
-def split_plan(name, holdout):
-    """`(train_split, eval_split, train_examples, eval_examples)` as TFDS split strings."""
-    spec = DATASETS[name]
-    if name == "digits":
+def default_recipe(height, width, channels):
+    """`(image_size, augment, variable_size)` for a dataset the paper does not cover.
+
+    Small images of one size (side <= 64) train at their size with 4-px pad-and-crop, plus
+    flips for colour images (grey ones are often characters, which flips would corrupt); larger
+    or varying images take ImageNet's recipe: random-resized crops of 224 px and flips.
+    """
+    if height and width and max(height, width) <= SMALL_IMAGE:
+        return max(height, width), "crop_flip" if channels == 3 else "crop", height != width
+    if height and width and height == width:
+        return height, "goyal", False
+    return LARGE_IMAGE_SIZE, "goyal", True
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """The split strings of one run and their sizes; `validation` is None without holdout."""
+
+    train: str
+    train_examples: int
+    validation: str
+    validation_examples: int
+    test: str
+    test_examples: int
+
+
+def _share(total, holdout_examples, holdout_fraction, flag_name, dataset):
+    count = holdout_examples or round(holdout_fraction * total)
+    if not 0 < count < total:
+        raise DataError(f"--{flag_name}: {dataset} has {total} training examples; a holdout of "
+                        f"{count} leaves none to train on (or is empty)")
+    return count
+
+
+def plan_splits(spec, holdout=True, holdout_examples=0, holdout_fraction=0.1):
+    """The `Splits` of `spec`: the paper's where it has them, else carved (module docstring)."""
+    if spec.holdout_split:
         if holdout:
-            return "train", "validation", digits.DIGITS_SPLITS["train"], spec.holdout_examples
-        return "train+validation", "test", spec.train_examples, spec.test_examples
+            return Splits("train", spec.train_examples, spec.holdout_split,
+                          spec.holdout_examples, spec.test_split, spec.test_examples)
+        return Splits(f"train+{spec.holdout_split}", spec.train_examples + spec.holdout_examples,
+                      None, 0, spec.test_split, spec.test_examples)
+    total = spec.train_examples
+    flag = "holdout_examples" if holdout_examples else "holdout_fraction"
+    test, test_examples, end = spec.test_split, spec.test_examples, total
+    if not test:
+        test_examples = _share(total, holdout_examples, holdout_fraction, flag, spec.name)
+        end = total - test_examples
+        test = f"train[{end}:]"
+    held = spec.holdout_examples or _share(end, holdout_examples, holdout_fraction, flag,
+                                           spec.name)
+    if not holdout:
+        return Splits("train" if end == total else f"train[:{end}]", end, None, 0, test,
+                      test_examples)
+    kept = end - held
+    if kept <= 0:
+        raise DataError(f"--{flag}: {spec.name} keeps no training examples after the holdout")
+    return Splits(f"train[:{kept}]", kept, f"train[{kept}:{'' if end == total else end}]", held,
+                  test, test_examples)
+
+
+def split_plan(name, holdout, data_dir=""):
+    """`(train_split, eval_split, train_examples, eval_examples)`: eval is the holdout with
+    `holdout=True`, else the test split (the paper's datasets; compatible with older callers)."""
+    splits = plan_splits(spec(name, data_dir), holdout)
     if holdout:
-        kept = spec.train_examples - spec.holdout_examples
-        return f"train[:{kept}]", f"train[{kept}:]", kept, spec.holdout_examples
-    return "train", spec.test_split, spec.train_examples, spec.test_examples
+        return splits.train, splits.validation, splits.train_examples, splits.validation_examples
+    return splits.train, splits.test, splits.train_examples, splits.test_examples
+
+
+def plan_for(config):
+    """`(DatasetSpec, Splits)` of a RunConfig."""
+    dataset = spec(config.dataset, config.data_dir, config.download)
+    if config.dataset in DATASETS and (config.holdout_examples or config.holdout_fraction != 0.1):
+        raise DataError(f"--holdout_examples/--holdout_fraction: {config.dataset} keeps the "
+                        f"paper's split ({dataset.holdout_examples} held out); these flags are "
+                        "for other datasets")
+    return dataset, plan_splits(dataset, config.holdout, config.holdout_examples,
+                                config.holdout_fraction)
 
 
 def manual_dir(data_dir):
@@ -67,25 +166,101 @@ def manual_dir(data_dir):
                         "manual")
 
 
+def _where(data_dir):
+    return data_dir or "~/tensorflow_datasets"
+
+
+@functools.lru_cache(maxsize=None)
+def spec(name, data_dir="", download=False):
+    """The DatasetSpec of `--dataset=name`: the table's, a folder's or a TFDS builder's."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if name == FOLDER:
+        from bnreg_tf.data import folder
+
+        return folder.folder_spec(data_dir)
+    return _tfds_spec(name, data_dir, download)
+
+
+def _tfds_spec(name, data_dir, download):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except Exception as error:  # DatasetNotFoundError, bad config names, ...
+        raise DataError(f"--dataset: {name!r} is neither one of {', '.join(DATASETS)}, "
+                        f"'{FOLDER}' nor a TFDS dataset ({_first_line(error)})") from None
+    info = builder.info
+    keys = info.supervised_keys or ("image", "label")
+    image_key, label_key = (keys if isinstance(keys[0], str) else ("image", "label"))[:2]
+    features = info.features
+    image = features[image_key] if image_key in features else None
+    label = features[label_key] if label_key in features else None
+    if not (isinstance(image, tfds.features.Image) and
+            isinstance(label, tfds.features.ClassLabel)):
+        raise DataError(f"--dataset={name}: not an image-classification dataset (bnreg needs an "
+                        f"Image feature and a ClassLabel feature, found {list(features)})")
+    height, width, channels = image.shape
+    if channels not in (1, 3):
+        raise DataError(f"--dataset={name}: images have {channels} channels; bnreg trains on "
+                        "1 (grey) or 3 (RGB)")
+    splits = {split: info.splits[split].num_examples for split in info.splits}
+    if not splits:  # not prepared yet (or mocked): count what can be read
+        if not download:
+            _load_tfds(name, "train", data_dir, download, image_key, label_key)
+        splits = {split: _count(name, split, data_dir, download, image_key, label_key)
+                  for split in ("train", "test")}
+    if "train" not in splits:
+        raise DataError(f"--dataset={name}: has no 'train' split (splits: {sorted(splits)})")
+    test_split = "test" if "test" in splits else "validation" if "validation" in splits else ""
+    image_size, augment, variable = default_recipe(height, width, channels)
+    return DatasetSpec(name, label.num_classes, image_size, channels, splits["train"], 0,
+                       test_split, splits.get(test_split, 0), augment, None, variable,
+                       image_key=image_key, label_key=label_key,
+                       class_names=tuple(label.names))
+
+
+def _count(name, split, data_dir, download, image_key, label_key):
+    dataset = _load_tfds(name, split, data_dir, download, image_key, label_key)
+    return int(dataset.reduce(0, lambda count, _: count + 1))
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def load(name, split, data_dir="", download=False):
     """An unbatched dataset of `{"image": uint8 [H, W, C], "label": int64}` for `split`.
 
-    `digits` comes from scikit-learn; everything else from TFDS. Missing TFDS data raises
-    DataError at once (never a download attempt unless `download=True`).
+    `digits` comes from scikit-learn, `folder` from image files; everything else from TFDS.
+    Missing data raises DataError at once (never a download attempt unless `download=True`).
     """
-    if name == "digits":
-        import tensorflow as tf
+    import tensorflow as tf
 
+    if name == "digits":
         parts = [digits.digits_dataset(part) for part in split.split("+")]
         dataset = parts[0]
         for part in parts[1:]:
             dataset = dataset.concatenate(part)
         return dataset.map(lambda ex: {"image": ex["image"], "label": ex["label"]},
                            num_parallel_calls=tf.data.AUTOTUNE)
-    return load_tfds(name, split, data_dir, download)
+    if name == FOLDER:
+        from bnreg_tf.data import folder
+
+        return folder.load(data_dir, split)
+    if name in DATASETS or "/" in name:
+        return _load_tfds(name, split, data_dir, download)
+    dataset = spec(name, data_dir, download)
+    return _load_tfds(name, split, data_dir, download, dataset.image_key, dataset.label_key)
 
 
 def load_tfds(tfds_name, split, data_dir="", download=False):
+    return _load_tfds(tfds_name, split, data_dir, download)
+
+
+def _load_tfds(tfds_name, split, data_dir="", download=False, image_key="image",
+               label_key="label"):
     import tensorflow_datasets as tfds
 
     data_dir = data_dir or None
@@ -101,15 +276,14 @@ def load_tfds(tfds_name, split, data_dir="", download=False):
         dataset = tfds.load(tfds_name, split=split, data_dir=data_dir, download=download,
                             **kwargs)
     except Exception as error:  # tfds raises AssertionError, FileNotFoundError, ...
-        where = data_dir or "~/tensorflow_datasets"
+        where = _where(data_dir)
         if tfds_name.startswith("imagenet2012"):
             hint = IMAGENET_INSTRUCTIONS.format(manual=manual_dir(data_dir), data_dir=where)
         else:
             hint = (f"prepare it once with `tfds build {tfds_name.split('/')[0]} --data_dir={where}` "
                     "on a machine with network, or pass --download")
-        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise DataError(f"--dataset={tfds_name} (--data_dir={where}): cannot read split "
-                        f"{split!r} ({first_line}); {hint}") from None
+                        f"{split!r} ({_first_line(error)}); {hint}") from None
     finally:
         absl_logging.set_verbosity(verbosity)
-    return dataset.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    return dataset.map(lambda ex: {"image": ex[image_key], "label": ex[label_key]})

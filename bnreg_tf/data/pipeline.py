@@ -8,7 +8,8 @@ Augmentations (REFERENCE.md sections 3 and 5):
   resize, flip, RandAugment; eval centre crop 0.875);
 - `none`: resize only when the resolution differs.
 Pixels are then normalised by the dataset's per-channel mean/std (0..255 scale), the same
-function the SavedModel export bakes in.
+function the SavedModel export bakes in: the paper's datasets' published values, any other
+dataset's computed once from its training split and kept in `<model_dir>/normalization.json`.
 
 Training order is a function of (seed, epoch, step) only: epoch e shuffles with seed (seed, e) and
 every example's augmentation seed is (seed, e, index), so a run restarted at step s rebuilds the
@@ -20,13 +21,11 @@ import tensorflow as tf
 
 from bnreg_tf.data import catalog
 
-# Per-channel mean and std of the training images, on the 0..255 scale.
-NORMALIZATION = {
-    "digits": ((77.9,), (95.8,)),
-    "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
-    "svhn_cropped": ((111.6, 113.2, 120.6), (50.5, 51.3, 50.2)),
-    "imagenet2012": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
-}
+# Per-channel mean and std of the training images, on the 0..255 scale (the paper's datasets;
+# any other dataset's are computed from its training split, `normalization_stats`).
+NORMALIZATION = {name: spec.normalization for name, spec in catalog.DATASETS.items()}
+STATS_FILE = "normalization.json"
+STATS_EXAMPLES = 50_000   # at most this many training images are read for the statistics
 GOYAL_RESIZE_RATIO = 256 / 224
 SHUFFLE_BUFFER = 16_384
 
@@ -112,21 +111,72 @@ def _resize_and_center_crop(image, size):
     return tf.image.resize_with_crop_or_pad(resized, size, size)
 
 
-def preprocessing_for(config, image_size):
-    """The resolved `Preprocessing` of a run."""
-    spec = catalog.DATASETS[config.dataset]
+def preprocessing_for(config, image_size, spec=None, splits=None):
+    """The resolved `Preprocessing` of a run.
+
+    EfficientNet runs on colour data, and `--augment=randaugment`, use the reference pipeline
+    (ImageNet statistics); everything else, EfficientNet on grey images included, the dataset's
+    own augmentation and statistics.
+    """
+    if spec is None or splits is None:
+        spec, splits = catalog.plan_for(config)
     augment = config.augment
+    efficientnet = config.family == "efficientnet" and spec.channels == 3
     if augment == "auto":
-        augment = "randaugment" if config.family == "efficientnet" and spec.channels == 3 \
-            else spec.augment
-    if config.family == "efficientnet" or augment == "randaugment":
+        augment = "randaugment" if efficientnet else spec.augment
+    if efficientnet or augment == "randaugment":
         eval_kind = "efficientnet"
-        mean, std = NORMALIZATION["imagenet2012"]
+        mean, std = catalog.IMAGENET_NORMALIZATION
     else:
         eval_kind = "goyal" if augment == "goyal" else "plain"
-        mean, std = NORMALIZATION[config.dataset]
+        mean, std = spec.normalization or normalization_stats(config, spec, splits.train)
     return Preprocessing(augment, eval_kind, image_size, tuple(mean), tuple(std),
                          (config.randaugment_layers, config.randaugment_magnitude))
+
+
+def normalization_stats(config, spec, train_split):
+    """Per-channel `(mean, std)` of the training split's pixels (0..255), computed once per run.
+
+    Kept in `<model_dir>/normalization.json` with the dataset and split it was computed on, and
+    read back from there (resumes and exports use the same numbers, even if the data changes);
+    at most the first `STATS_EXAMPLES` images are read.
+    """
+    import json
+    import os
+
+    key = {"dataset": config.dataset, "data_dir": os.path.abspath(config.data_dir or ""),
+           "split": train_split}
+    path = os.path.join(config.model_dir, STATS_FILE) if config.model_dir else ""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if {k: stored.get(k) for k in key} == key:
+            return tuple(stored["mean"]), tuple(stored["std"])
+    examples = catalog.load(config.dataset, train_split, config.data_dir, config.download)
+
+    def moments(example):
+        pixels = tf.reshape(tf.cast(example["image"], tf.float64), [-1, spec.channels])
+        return (tf.reduce_sum(pixels, 0), tf.reduce_sum(tf.square(pixels), 0),
+                tf.cast(tf.shape(pixels)[0], tf.float64), tf.constant(1, tf.int64))
+
+    zeros = tf.zeros([spec.channels], tf.float64)
+    total, squares, count, images = examples.take(STATS_EXAMPLES).map(
+        moments, num_parallel_calls=tf.data.AUTOTUNE).reduce(
+        (zeros, zeros, tf.constant(0.0, tf.float64), tf.constant(0, tf.int64)),
+        lambda state, item: tuple(a + b for a, b in zip(state, item)))
+    if float(count) == 0:
+        raise catalog.DataError(f"--dataset={config.dataset}: the training split is empty")
+    mean = (total / count).numpy()
+    std = (tf.sqrt(tf.maximum(squares / count - mean**2, 0.0))).numpy()
+    std = [max(float(s), 1.0) for s in std]  # a constant channel must not divide by zero
+    mean = [float(m) for m in mean]
+    if path:
+        from bnreg_tf.trainer import write_atomically
+
+        write_atomically(path, json.dumps({**key, "mean": mean, "std": std,
+                                           "examples": int(images)},
+                                          indent=2) + "\n")
+    return tuple(mean), tuple(std)
 
 
 def train_dataset(config, preprocessing, split, steps_per_epoch, batch_size, start_step=0,
@@ -187,11 +237,14 @@ def eval_dataset(config, preprocessing, split, batch_size, limit=None):
 def raw_dataset(name, split, data_dir="", download=False, batch_size=256, limit=None):
     """uint8 `(images, labels)` batches, as a SavedModel's serving signature takes them.
 
-    ImageNet's images differ in size, so they go one per batch (the export crops each itself).
+    Images of varying size (ImageNet, folders, ...) go one per batch (the export crops each).
     """
     examples = catalog.load(name, split, data_dir, download)
     if limit:
         examples = examples.take(limit)
-    if name.split("/")[0] == "imagenet2012":
+    base = name.split("/")[0]
+    if base in catalog.DATASETS and catalog.DATASETS[base].variable_size or \
+            base not in catalog.DATASETS and "/" not in name and \
+            catalog.spec(name, data_dir, download).variable_size:
         batch_size = 1
     return examples.map(lambda ex: (ex["image"], ex["label"])).batch(batch_size)

@@ -1,0 +1,79 @@
+"""Keras BatchNormalization on TensorFlow's fused kernel (issue 17).
+
+Keras 3's `BatchNormalization` on the TensorFlow backend is not fused: `tf.nn.moments` (mean,
+squared difference, mean) and `tf.nn.batch_normalization` run as separate ops over the
+activation, after casting float16/bfloat16 activations to float32. `BatchNormalization` here
+computes the same function with one `FusedBatchNormV3` (oneDNN on CPU, cuDNN on GPU) forward
+and one `FusedBatchNormGradV3` backward, statistics in float32 whatever the activation dtype.
+
+It is a subclass of Keras' layer that only overrides `call`, so everything else is Keras': the
+constructor and its conventions (`momentum` is the weight of the OLD moving value, `epsilon` is
+added to the variance), the weights `gamma`, `beta`, `moving_mean`, `moving_variance` in that
+order with those names (checkpoints written with Keras' layer restore into it), `get_config`,
+`trainable=False` meaning inference mode, and every `isinstance(layer,
+keras.layers.BatchNormalization)` check (weight-decay exclusion, EfficientNet's weight average).
+It keeps Keras' class NAME on purpose: `.weights.h5` and `.keras` files key each layer's
+weights by its snake-cased class name (`layers/batch_normalization_3/vars`), so a class named
+otherwise could not load weights saved from Keras' layer. The registered name
+`bnreg>BatchNormalization` tells the two apart in `.keras` configs.
+
+Exactly Keras' semantics, including the moving-statistics update: Keras averages the BIASED batch
+variance (`tf.nn.moments`), whereas FusedBatchNormV3 in training returns the Bessel-corrected
+one, `n / (n - 1)` times it (n = batch x height x width); it is multiplied back by `(n - 1) / n`.
+The epsilon is passed unchanged (tf.compat.v1 `fused_batch_norm` raised it to 1.001e-5 for old
+cuDNN; cuDNN 7.5+ accepts any epsilon > 0).
+
+Training mode runs the fused kernel on 4-D channels-last inputs; anything else (other ranks or
+axes, a mask, `synchronized=True` cross-replica statistics, `renorm`, float64) runs Keras' own
+`call`. So does inference (`training=False` or a frozen layer), on purpose: TensorFlow's grappler
+remapper rewrites `FusedBatchNormV3 -> Relu` into oneDNN's `_FusedBatchNormEx` on CPU, whose
+ReLU maps NaN to 0, where Keras' BatchNormalization + ReLU propagate it. A diverged network
+would then give finite logits and losses (bnreg's NaN guard, `callbacks.NonFiniteGuard`, would
+never trip). In training, a control edge out of the fused op (the moving-statistics update
+waits on it) rules that rewrite out; in inference there is no such consumer, and Keras' affine
+map `x * a + b` is two cheap passes (inference is not where training time goes).
+"""
+import keras
+import tensorflow as tf
+
+_FUSED_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@keras.saving.register_keras_serializable(package="bnreg")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` computed by `tf.raw_ops.FusedBatchNormV3` where it can."""
+
+    def _fusable(self, inputs, mask):
+        return (keras.backend.backend() == "tensorflow" and mask is None
+                and not self.synchronized and not self.renorm
+                and len(inputs.shape) == 4 and self.axis in (3, -1)
+                and keras.backend.standardize_dtype(inputs.dtype) in _FUSED_DTYPES)
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and self._fusable(inputs, mask)):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = self.gamma if self.scale else tf.ones((channels,), tf.float32)
+        offset = self.beta if self.center else tf.zeros((channels,), tf.float32)
+        outputs, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=tf.cast(scale, tf.float32), offset=tf.cast(offset, tf.float32),
+            mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32),
+            epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+            is_training=True)
+        shape = tf.shape(inputs)
+        count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+        # The kernel's Bessel factor is n / max(n - 1, 1); undo it to get Keras' variance.
+        variance = unbiased_variance * (tf.maximum(count - 1.0, 1.0) / count)
+        # A control edge out of the fused op keeps grappler from fusing it with a following
+        # Relu (see the module docstring): that oneDNN kernel turns NaN into 0.
+        with tf.control_dependencies([outputs]):
+            self._update_moving_statistics(mean, variance)
+        return tf.cast(outputs, self.compute_dtype)
+
+    def _update_moving_statistics(self, mean, variance):
+        """Keras' update, term for term: `moving * momentum + batch * (1 - momentum)`."""
+        moving_mean = tf.cast(self.moving_mean, tf.float32)
+        moving_variance = tf.cast(self.moving_variance, tf.float32)
+        self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            moving_variance * self.momentum + variance * (1.0 - self.momentum))

@@ -57,3 +57,46 @@ def test_early_stopping_needs_the_holdout():
     with pytest.raises(ConfigError, match="--early_stopping: expected --holdout too"):
         validate(config)
     assert PRESETS["efficientnet_b8_imagenet"].early_stopping
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_kill_between_the_best_checkpoint_and_best_json_repeats_that_epoch(tmp_path,
+                                                                            monkeypatch):
+    scripted = {0: 0.5, 1: 0.9, 2: 0.6}
+    original = early_stopping.BestCheckpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, {**(logs or {}), "val_accuracy": scripted[epoch]})
+
+    monkeypatch.setattr(early_stopping.BestCheckpoint, "on_epoch_end", on_epoch_end)
+    write = early_stopping.write_atomically
+
+    def dies_at_epoch_2(path, text):
+        if json.loads(text)["epoch"] == 2:
+            raise Killed   # after best/ckpt-6 is written, before best.json and ckpt-6 of the run
+        write(path, text)
+
+    monkeypatch.setattr(early_stopping, "write_atomically", dies_at_epoch_2)
+    config = PRESETS["digits"].replace(model_dir=str(tmp_path / "run"), epochs=3,
+                                       steps_per_epoch=STEPS, batch_size=32, holdout=True,
+                                       early_stopping=True, learning_rate=0.2, norm_probe_size=16)
+    with pytest.raises(Killed):
+        trainer.train(config, DEFAULT, log=lambda *_: None, verbose=0)
+    assert early_stopping.read_best(config.model_dir)["epoch"] == 1
+    assert tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")).endswith(
+        f"ckpt-{STEPS}")
+    monkeypatch.setattr(early_stopping, "write_atomically", write)
+    results = trainer.train(config, DEFAULT, log=lambda *_: None, verbose=0)   # resumes at epoch 2
+    assert results["best_epoch"] == 2 and results["best_step"] == 2 * STEPS
+    images, _ = digits_arrays("test")
+    loaded = tf.saved_model.load(results["export"])
+    run = trainer.build_run(config, DEFAULT, log=lambda *_: None)
+    epoch_2 = os.path.join(config.model_dir, "checkpoints", f"ckpt-{2 * STEPS}")
+    tf.train.Checkpoint(network=run.network).restore(epoch_2).expect_partial()
+    want = run.network(run.preprocessing.evaluate_batch(tf.constant(images[:16])),
+                       training=False)["logits"].numpy()
+    np.testing.assert_allclose(loaded.serve(tf.constant(images[:16]))["logits"].numpy(), want,
+                               rtol=1e-5, atol=1e-5)

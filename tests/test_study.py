@@ -262,3 +262,24 @@ def test_default_study_draws_figure_3_with_the_batchnorm_reference(tmp_path):
         assert len({r["coefficient"] for r in rows if r["variant"] == variant}) >= 3
     text = (tmp_path / "report.md").read_text()
     assert "### Table 1: digits" in text and "## Caveats" in text
+
+
+def test_paper_tables_follow_the_data_and_model():
+    records = [{**_record(v, s, 0.8 + 0.01 * s, c), "dropout_drop": 0.01}
+               for v, c in (("batchnorm", 0.0), ("dropout", 0.5), ("el2", 0.1), ("fl2", 0.1))
+               for s in (0, 1)]
+    context = dict(protocol="paper", seeds=(0, 1), dataset="imagenet2012", family="efficientnet",
+                   early_stopping=True)
+    text = report.paper_tables(records, context)
+    assert "### Table 4: EfficientNet-B8 on ImageNet" in text and "Table 1" not in text
+    assert "early stopping on it" in text and "seeds 0, 1" in text
+    for name in ("no Dropout", "Dropout", "EL2", "FL2"):
+        assert f"| {name} |" in text
+    assert "| no Dropout | – | 2 | 0.8050 [0.8000, 0.8100] |" in text
+    resnet = report.paper_tables(records, {**context, "family": "resnet",
+                                           "early_stopping": False})
+    assert "### Table 2: ResNet-50 on ImageNet" in resnet and "full training split" in resnet
+    cifar = report.paper_tables([{**r, "cifar10_c": 0.7} for r in records],
+                                {**context, "dataset": "cifar10", "family": "resnet"})
+    assert "### Table 1: CIFAR-10, test accuracy and CIFAR-10-C" in cifar
+    assert "### Table 3" in text and "### Table 3" in cifar

@@ -27,11 +27,11 @@ Training mode runs the fused kernel on 4-D channels-last inputs; anything else (
 axes, a mask, `synchronized=True` cross-replica statistics, `renorm`, float64) runs Keras' own
 `call`. So does inference (`training=False` or a frozen layer), on purpose: TensorFlow's grappler
 remapper rewrites `FusedBatchNormV3 -> Relu` into oneDNN's `_FusedBatchNormEx` on CPU, whose
-ReLU maps NaN to 0, where Keras' BatchNormalization + ReLU propagate it. A diverged network
-would then give finite logits and losses (bnreg's NaN guard, `callbacks.NonFiniteGuard`, would
-never trip). In training, a control edge out of the fused op (the moving-statistics update
-waits on it) rules that rewrite out; in inference there is no such consumer, and Keras' affine
-map `x * a + b` is two cheap passes (inference is not where training time goes).
+ReLU maps NaN to 0, where Keras' BatchNormalization + ReLU propagate it; an exported model of a
+diverged run must not answer with finite logits. In training that rewrite is most of the
+speed-up on CPU (ResNet-50), so it is allowed there, and divergence is caught where the rewrite
+cannot hide it: `training.Classifier` logs a NaN loss when any gradient is non-finite (a
+weight gradient multiplies the NaN activations), and `callbacks.NonFiniteGuard` stops the run.
 """
 import keras
 import tensorflow as tf
@@ -64,10 +64,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
         # The kernel's Bessel factor is n / max(n - 1, 1); undo it to get Keras' variance.
         variance = unbiased_variance * (tf.maximum(count - 1.0, 1.0) / count)
-        # A control edge out of the fused op keeps grappler from fusing it with a following
-        # Relu (see the module docstring): that oneDNN kernel turns NaN into 0.
-        with tf.control_dependencies([outputs]):
-            self._update_moving_statistics(mean, variance)
+        self._update_moving_statistics(mean, variance)
         return tf.cast(outputs, self.compute_dtype)
 
     def _update_moving_statistics(self, mean, variance):

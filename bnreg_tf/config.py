@@ -15,6 +15,7 @@ AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "goyal", "randaugment")
 WEIGHT_DECAY_EXCLUDE = ("none", "batchnorm", "batchnorm_and_bias")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 ACTIVATIONS = ("relu", "swish")
+RANDAUGMENT_VARIANTS = ("reference", "corrected")  # efficientnet.augment_ops.VARIANTS
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,10 @@ class RunConfig:
                           "randaugment", "data")
     randaugment_layers: int = _field(2, "RandAugment N [ops per image]", "data")
     randaugment_magnitude: float = _field(10.0, "RandAugment M [magnitude, 0..30]", "data")
+    randaugment_variant: str = _field(
+        "reference", "RandAugment arithmetic [choice]: reference (the EfficientNet TPU code's: "
+        "uint8 wrap of Solarize/Posterize, pixel-count Contrast) or corrected (PIL's definitions, "
+        "saturating levels)", "data")
     # Optimisation
     optimizer: str = _field("sgd", "Optimizer [choice]: sgd (momentum) or rmsprop_reference "
                             "(EfficientNet TF1 RMSProp)", "optimisation")
@@ -210,6 +215,7 @@ def validate(config):
     for name, choices in (("precision", PRECISIONS), ("compilation", COMPILATION),
                           ("schedule", SCHEDULES), ("optimizer", OPTIMIZERS),
                           ("augment", AUGMENTATIONS), ("strategy", STRATEGIES),
+                          ("randaugment_variant", RANDAUGMENT_VARIANTS),
                           ("weight_decay_exclude", WEIGHT_DECAY_EXCLUDE)):
         _require(getattr(config, name) in choices, name, f"one of {', '.join(choices)}",
                  getattr(config, name))

@@ -126,7 +126,11 @@ def check_output_file(path, flag):
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ConfigError(f"{flag}={path}: is a directory; expected a file path")
-    check_writable(directory, flag)
+    try:
+        check_writable(directory, flag)
+    except ConfigError as error:
+        detail = str(error).split(": ", 1)[1]
+        raise ConfigError(f"{flag}={path}: {detail}") from None
 
 
 def read_config(model_dir):

@@ -2,13 +2,16 @@
 
 - `cosine` (WRN): `keras.optimizers.schedules.CosineDecay` from the peak to 0 over the run;
 - `goyal` (ResNet-50, Goyal et al.): linear warm-up from 0, then x`decay_rate` at each boundary;
-- `efficientnet`: `efficientnet.optim.WarmupExponentialDecay`;
+- `efficientnet`: `efficientnet.optim.WarmupExponentialDecay`, whose epochs are counted in
+  examples as the reference counts them: `train examples / batch_size` steps, a fraction,
+  unless `--steps_per_epoch` fixes the epoch length;
 - `constant`.
 The peak is `learning_rate * batch_size / lr_reference_batch` when `lr_reference_batch` is set.
 """
 import keras
 import tensorflow as tf
 
+from bnreg_tf.data.catalog import split_plan
 from efficientnet.optim import ReferenceRMSprop, WarmupExponentialDecay
 
 
@@ -56,8 +59,17 @@ def make_schedule(config, steps_per_epoch):
     batch = config.batch_size if config.lr_reference_batch else 256
     if config.lr_reference_batch:
         base = config.learning_rate * 256 / config.lr_reference_batch
-    return WarmupExponentialDecay(base, batch, steps_per_epoch, config.warmup_epochs,
-                                  config.decay_boundaries[0], config.decay_rate)
+    return WarmupExponentialDecay(base, batch, examples_steps_per_epoch(config, steps_per_epoch),
+                                  config.warmup_epochs, config.decay_boundaries[0],
+                                  config.decay_rate)
+
+
+def examples_steps_per_epoch(config, steps_per_epoch):
+    """The reference's fractional `num_train_images / batch_size` when an epoch is one pass over
+    the training split (`--steps_per_epoch=0`); otherwise the given whole number of steps."""
+    if config.steps_per_epoch:
+        return steps_per_epoch
+    return split_plan(config.dataset, config.holdout)[2] / config.batch_size
 
 
 def make_optimizer(config, steps_per_epoch):

@@ -89,10 +89,25 @@ class Classifier(keras.Model):
             gradients = [g * self.fixup_scalar_lr if g is not None and id(v) in self._scalar_ids
                          else g for g, v in zip(gradients, variables)]
         self.optimizer.apply(gradients, variables)
-        self.loss_tracker.update_state(loss)
+        self.loss_tracker.update_state(self._nan_unless_finite(loss, gradients))
         self.cross_entropy_tracker.update_state(cross_entropy)
         self.accuracy.update_state(labels, outputs["logits"])
         return {m.name: m.result() for m in self.metrics}
+
+    def _nan_unless_finite(self, loss, gradients):
+        """The loss, or NaN when a gradient is not finite, so `NonFiniteGuard` stops the run.
+
+        The loss alone can hide a divergence: on CPU, grappler rewrites a fused BatchNorm
+        followed by ReLU into oneDNN's `_FusedBatchNormEx`, whose ReLU maps NaN to 0, so NaN
+        activations give finite logits. A weight gradient still sees them (NaN * 0 is NaN).
+        Under LossScaleOptimizer (mixed_float16) non-finite scaled gradients are expected: that
+        optimizer skips those steps and lowers its scale, so only the loss is checked there.
+        """
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return loss
+        finite = tf.reduce_all([tf.math.is_finite(loss)] + [
+            tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None])
+        return tf.where(finite, loss, tf.constant(float("nan"), loss.dtype))
 
     def test_step(self, data):
         images, labels = data[0], data[1]

@@ -123,36 +123,46 @@ class ReferenceRMSprop(keras.optimizers.Optimizer):
 
 @keras.saving.register_keras_serializable(package="bnreg")
 class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Reference LR: linear warm-up from 0 over `warmup_epochs`, then staircase exponential decay.
+    """Reference LR (utils.build_learning_rate): linear warm-up from 0, then staircase decay.
 
     lr(step) = base * step / warmup_steps                        for step < warmup_steps
              = base * decay_rate ** floor(step / decay_steps)     afterwards
-    with base = `base_rate * batch_size / 256` (0.016 in the reference), and warmup_steps and
-    decay_steps the integer parts of epochs x steps_per_epoch, as in the reference. The reference counts decay from step 0, so the first
-    post-warm-up value is already decayed by the number of 2.4-epoch periods inside warm-up.
+    with base = `base_rate * batch_size / 256` (0.016 in the reference). `steps_per_epoch` is
+    the reference's `num_train_images / batch_size`, a float (1,281,167 / 2048 = 625.57), and
+    `decay_steps = steps_per_epoch * decay_epochs` is left unrounded (1501.37 at 2.4 epochs);
+    `warmup_steps = int(warmup_epochs * steps_per_epoch)`, the integer part, as the reference
+    computes it. Decay counts from step 0, so the first post-warm-up value is already decayed
+    by the number of decay periods inside warm-up. Evaluated in float32 like TF1's
+    `exponential_decay`.
     """
 
     def __init__(self, base_rate, batch_size, steps_per_epoch, warmup_epochs=5.0,
                  decay_epochs=2.4, decay_rate=0.97):
         self.base_rate, self.batch_size = float(base_rate), int(batch_size)
-        self.steps_per_epoch = int(steps_per_epoch)
+        self.steps_per_epoch = float(steps_per_epoch)
         self.warmup_epochs, self.decay_epochs = float(warmup_epochs), float(decay_epochs)
         self.decay_rate = float(decay_rate)
-        if self.steps_per_epoch < 1 or self.batch_size < 1:
-            raise ValueError("steps_per_epoch and batch_size must be >= 1")
+        if not self.steps_per_epoch > 0 or self.batch_size < 1 or not self.decay_epochs > 0:
+            raise ValueError("steps_per_epoch and decay_epochs must be > 0, batch_size >= 1")
 
     @property
     def peak(self):
         return self.base_rate * self.batch_size / 256.0
 
+    @property
+    def decay_steps(self):
+        return self.steps_per_epoch * self.decay_epochs  # reference: unrounded
+
+    @property
+    def warmup_steps(self):
+        return int(self.warmup_epochs * self.steps_per_epoch)  # reference: int(), not round()
+
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        decay_steps = max(1, int(self.decay_epochs * self.steps_per_epoch))
-        decayed = self.peak * self.decay_rate ** tf.floor(step / decay_steps)
-        warmup_steps = int(self.warmup_epochs * self.steps_per_epoch)
-        if warmup_steps <= 0:
+        decayed = self.peak * self.decay_rate ** tf.floor(step / self.decay_steps)
+        if self.warmup_steps <= 0:
             return decayed
-        return tf.where(step < warmup_steps, self.peak * step / warmup_steps, decayed)
+        return tf.where(step < self.warmup_steps, self.peak * step / self.warmup_steps, decayed)
 
     def get_config(self):
         return {"base_rate": self.base_rate, "batch_size": self.batch_size,

@@ -142,6 +142,7 @@ def test_cosine_and_efficientnet_schedules():
     for step in (0, 500, 1000, 2000):
         want = 0.1 * 0.5 * (1 + math.cos(math.pi * step / 2000))
         assert float(cosine(step)) == pytest.approx(want, rel=1e-5, abs=1e-9)
-    b8 = schedules.make_schedule(_preset("efficientnet_b8_imagenet"), steps_per_epoch=100)
+    b8 = schedules.make_schedule(_preset("efficientnet_b8_imagenet").replace(steps_per_epoch=100),
+                                 steps_per_epoch=100)
     assert float(b8(500)) == pytest.approx(0.128 * 0.97 ** 2, rel=1e-5)
     assert float(b8(250)) == pytest.approx(0.128 / 2, rel=1e-5)

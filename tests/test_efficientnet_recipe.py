@@ -1,4 +1,6 @@
 """EfficientNet recipe: TF1 RMSProp + weight average vs NumPy float64, LR schedule, preprocessing."""
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -108,18 +110,37 @@ def test_track_average_misuse_is_rejected():
             pass
 
 
-def test_schedule_at_chosen_epochs():
-    steps = 100
-    schedule = optim.WarmupExponentialDecay(0.016, 2048, steps)
+def test_schedule_at_chosen_steps_counts_epochs_in_examples():
+    """utils.build_learning_rate with steps_per_epoch = 1,281,167 / 2048 (a fraction): decay every
+    2.4 * 625.57 = 1501.37 steps, unrounded; warm-up over int(5 * 625.57) = 3127 steps."""
+    steps_per_epoch = 1_281_167 / 2048
+    schedule = optim.WarmupExponentialDecay(0.016, 2048, steps_per_epoch)
     peak = 0.016 * 2048 / 256
+    decay_steps, warmup_steps = 2.4 * steps_per_epoch, 3127
     assert schedule.peak == pytest.approx(0.128)
-    expected = {0: 0.0, 250: peak * 250 / 500,           # half-way through the 5-epoch warm-up
-                500: peak * 0.97 ** 2,                   # 500 // 240 = 2 decays already counted
-                1000: peak * 0.97 ** 4, 35000: peak * 0.97 ** 145}
-    for step, value in expected.items():
-        assert float(schedule(step)) == pytest.approx(value, rel=1e-5)
+    assert schedule.decay_steps == pytest.approx(1501.3676, abs=1e-4)
+    assert schedule.warmup_steps == warmup_steps
+    for step in (0, 1000, 3126, 3127, 3128, 4503, 4504, 4505, 100_000, 218_948):
+        want = (peak * step / warmup_steps if step < warmup_steps
+                else peak * 0.97 ** math.floor(step / decay_steps))
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-5), step
+    # Rounding the decay period to int(2.4 * 625) = 1500 steps would decay one step early here.
+    assert math.floor(4504 / decay_steps) == 2 and 4504 // 1500 == 3
     config = schedule.get_config()
     assert optim.WarmupExponentialDecay(**config).get_config() == config
+
+
+def test_efficientnet_presets_schedule_one_pass_of_the_training_split():
+    from bnreg_tf import schedules
+    from bnreg_tf.presets import preset
+
+    config = preset("efficientnet_b8_imagenet")
+    schedule = schedules.make_schedule(config, steps_per_epoch=(1_281_167 - 25_022) // 2048)
+    assert schedule.steps_per_epoch == (1_281_167 - 25_022) / 2048  # the holdout is not trained on
+    fixed = schedules.make_schedule(config.replace(steps_per_epoch=50), steps_per_epoch=50)
+    assert fixed.steps_per_epoch == 50 and fixed.decay_steps == pytest.approx(120)
+    assert config.randaugment_variant == "reference"
+    assert preset("efficientnet_b0_imagenet").randaugment_variant == "reference"
 
 
 def test_weight_decay_loss_and_exclusions(rng):
@@ -139,16 +160,68 @@ def _image(rng, height, width):
     return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
+def cubic_kernel(distance, a=-0.75):
+    """Cubic convolution (Keys 1981) with TF1's a = -0.75."""
+    d = np.abs(distance)
+    return np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                    np.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, 0.0))
+
+
+def np_resize_bicubic_tf1(image, size):
+    """TF1 resize_bicubic in float64: output pixel o samples input o * (n / size) (no half-pixel
+    centres), the fraction quantised to 1/1024 (TF's kernel table), taps clamped to the edge."""
+    out = image.astype(np.float64)
+    for axis in (0, 1):
+        n = out.shape[axis]
+        position = np.arange(size, dtype=np.float32) * np.float32(n / size)  # float32, as TF
+        base = np.floor(position).astype(np.int64)
+        fraction = np.rint((position - base).astype(np.float64) * 1024) / 1024
+        taps = base[:, None] + np.arange(-1, 3)[None, :]
+        weights = cubic_kernel(fraction[:, None] - np.arange(-1, 3)[None, :])
+        gathered = np.take(out, np.clip(taps, 0, n - 1), axis=axis)  # [.., size, 4, ..]
+        shape = [1] * gathered.ndim
+        shape[axis], shape[axis + 1] = size, 4
+        out = (gathered * weights.reshape(shape)).sum(axis=axis + 1)
+    return out
+
+
+def test_resize_is_tf1_resize_bicubic(rng):
+    image = _image(rng, 13, 17)
+    ours = pp.resize_bicubic(image, 24).numpy()
+    raw = tf.raw_ops.ResizeBicubic(images=image[None], size=[24, 24], align_corners=False,
+                                   half_pixel_centers=False)[0].numpy()
+    np.testing.assert_array_equal(ours, raw)
+    np.testing.assert_allclose(ours, np_resize_bicubic_tf1(image, 24), atol=2e-4)
+    # TF2's resize (half-pixel centres, a = -0.5) is a different image.
+    tf2 = tf.image.resize(image, [24, 24], method="bicubic").numpy()
+    assert np.abs(tf2 - ours).max() > 5
+
+
 def test_eval_preprocess_is_the_reference_center_crop(rng):
     image = _image(rng, 300, 400)
     out = pp.preprocess(image, False, 224).numpy()
     side = int(224 / 256 * 300)  # 262
     top, left = (300 - side + 1) // 2, (400 - side + 1) // 2
-    crop = image[top:top + side, left:left + side].astype(np.float32)
-    want = tf.image.resize(crop, [224, 224], method="bicubic").numpy()
+    want = np_resize_bicubic_tf1(image[top:top + side, left:left + side], 224)
     want = (want - np.array(pp.MEAN_RGB)) / np.array(pp.STDDEV_RGB)
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out, want, atol=1e-4)
     assert out.shape == (224, 224, 3) and out.dtype == np.float32
+    # The crop keeps 0.875 of the short side at every size: 672 / (672 + 96) for B8.
+    window = pp.center_crop_window(tf.constant([700, 900, 3]), 672).numpy()
+    assert window.tolist() == [(700 - 612 + 1) // 2, (900 - 612 + 1) // 2, 612, 612]
+
+
+def test_train_crop_is_resized_with_tf1_resize_bicubic(rng):
+    image = _image(rng, 60, 90)
+    seed = tf.constant([5, 9], tf.int64)
+    out = pp.preprocess(image, True, 32, None, seed).numpy()
+    window_seed = tf.random.experimental.stateless_split(seed, 3)[0]
+    y, x, h, w = pp.random_crop_window(tf.shape(image), window_seed).numpy()
+    assert (h, w) != (60, 90)  # a sampled window, not the centre-crop fallback
+    want = np_resize_bicubic_tf1(image[y:y + h, x:x + w], 32)
+    want = (want - np.array(pp.MEAN_RGB)) / np.array(pp.STDDEV_RGB)
+    error = min(np.abs(out - want).max(), np.abs(out - want[:, ::-1]).max())  # flipped or not
+    assert error < 1e-4
 
 
 def test_normalize_matches_imagenet_statistics():
@@ -195,3 +268,22 @@ def test_preprocess_rejects_bad_input(rng):
         pp.preprocess(np.zeros((8, 8, 3), np.float32), False, 8)
     with pytest.raises(ValueError, match="unknown augmentation"):
         pp.preprocess(_image(rng, 8, 8), True, 8, ("autoaugment", 1, 1))
+
+
+def test_randaugment_variant_flag_reaches_the_pipeline_and_is_validated():
+    from absl import flags
+
+    from bnreg_tf import flags as run_flags
+    from bnreg_tf.config import ConfigError, validate
+    from bnreg_tf.data.pipeline import preprocessing_for
+
+    values = flags.FlagValues()
+    run_flags.define_run_flags(values)
+    values(["bnreg-train", "--preset=efficientnet_b0_imagenet", "--randaugment_variant=corrected",
+            "--model_dir=/tmp/unused"])
+    config = run_flags.config_from_flags(values)
+    assert config.randaugment_variant == "corrected"
+    assert preprocessing_for(config, 224).randaugment == (2, 10, "corrected")
+    with pytest.raises(ConfigError, match=r"^--randaugment_variant: expected one of reference, "
+                                          r"corrected, got 'pil'$"):
+        validate(config.replace(randaugment_variant="pil"))

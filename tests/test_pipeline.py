@@ -94,7 +94,8 @@ def test_goyal_eval_resizes_the_short_side_then_center_crops(rng):
 def test_efficientnet_runs_use_the_reference_preprocessing():
     config = PRESETS["efficientnet_b8_imagenet"].replace(model_dir="/tmp/unused")
     prep = pipeline.preprocessing_for(config, 672)
-    assert (prep.augment, prep.eval_kind, prep.randaugment) == ("randaugment", "efficientnet", (2, 28))
+    assert (prep.augment, prep.eval_kind, prep.randaugment) == \
+        ("randaugment", "efficientnet", (2, 28, "reference"))
 
 
 def test_missing_tfds_data_fails_fast_with_instructions():

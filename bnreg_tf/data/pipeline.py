@@ -39,7 +39,7 @@ class Preprocessing:
     image_size: int
     mean: tuple
     std: tuple
-    randaugment: tuple = ()   # (num_layers, magnitude) when augment == "randaugment"
+    randaugment: tuple = ()   # (num_layers, magnitude, variant) when augment == "randaugment"
 
     def normalize(self, image):
         image = tf.cast(image, tf.float32)
@@ -131,7 +131,8 @@ def preprocessing_for(config, image_size, spec=None, splits=None):
         eval_kind = "goyal" if augment == "goyal" else "plain"
         mean, std = spec.normalization or normalization_stats(config, spec, splits.train)
     return Preprocessing(augment, eval_kind, image_size, tuple(mean), tuple(std),
-                         (config.randaugment_layers, config.randaugment_magnitude))
+                         (config.randaugment_layers, config.randaugment_magnitude,
+                          config.randaugment_variant))
 
 
 def normalization_stats(config, spec, train_split):

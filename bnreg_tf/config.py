@@ -132,6 +132,9 @@ class RunConfig:
     norm_probe_size: int = _field(256, "Fixed NormMonitor probe batch [images]", "output")
     export: bool = _field(True, "Export a SavedModel to <model_dir>/export at the end [bool]",
                           "output")
+    early_stopping: bool = _field(False, "Keep the checkpoint of the best holdout accuracy and "
+                                  "evaluate and export that one [bool] (needs --holdout)",
+                                  "output")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -241,6 +244,9 @@ def validate(config):
              config.holdout_fraction)
     _require(isinstance(config.seed, int) and 0 <= config.seed < 2 ** 32, "seed",
              "an integer in [0, 2^32)", config.seed)
+    _require(not config.early_stopping or config.holdout, "early_stopping",
+             "--holdout too (the best epoch is chosen on the holdout, never on the test split)",
+             config.early_stopping)
     _require(bool(config.model_dir), "model_dir", "a directory path", config.model_dir)
     if config.init_from:
         from bnreg_tf.warm_start import source_checkpoint

@@ -8,7 +8,8 @@ from bnreg_tf.config import RunConfig
 def _efficientnet_imagenet(variant, randaugment_magnitude):
     """The TPU reference recipe: batch 2048, 350 epochs, RMSProp (0.9, 0.9, 1e-3), LR 0.016 *
     batch / 256, 5 warm-up epochs, x0.97 every 2.4 epochs, EMA 0.9999, label smoothing 0.1,
-    wd 1e-5 on non-BN variables, the variant's reference Dropout, drop-connect 0.2, holdout;
+    wd 1e-5 on non-BN variables, the variant's reference Dropout, drop-connect 0.2, holdout, and
+    early stopping on it (the paper's 25,022 held-out images: `bnreg_tf.early_stopping`);
     RandAugment with the reference's own arithmetic (`--randaugment_variant=reference`)."""
     return RunConfig(
         model=f"efficientnet_{variant}", dataset="imagenet2012", holdout=True, epochs=350,
@@ -18,7 +19,7 @@ def _efficientnet_imagenet(variant, randaugment_magnitude):
         label_smoothing=0.1, ema_decay=0.9999, dropout=-1, survival_prob=0.8,
         augment="randaugment", randaugment_layers=2,
         randaugment_magnitude=randaugment_magnitude, randaugment_variant="reference",
-        eval_batch_size=1024)
+        eval_batch_size=1024, early_stopping=True)
 
 
 PRESETS = {

@@ -4,17 +4,26 @@
 the grid's flags validated before anything is written); `run_study` trains and scores its runs
 under the process's one strategy; `collect` reads back what an output dir holds (`--report_only`).
 
-Each run goes through the same code as the binaries: `trainer.train` (as `bnreg-train`) with the
-paper's validation holdout as its evaluation split, then `evaluate.score` on the exported
-SavedModel's test split (as `bnreg-eval`), plus CIFAR-10-C on CIFAR-10. Runs live in
+Two protocols (`PROTOCOLS`): `holdout` trains every setting of the grid on the training split
+minus the holdout and scores it on test; `paper` (section 4 of the paper) tunes each variant's
+grid (coefficients x learning rates x tuning seeds) on the holdout in phase 1, chooses per variant
+the best median holdout accuracy (`selection`), and in phase 2 retrains that setting with every
+seed on the full training split (`final_runs`), scored on test. Run names say phase and setting:
+`tune_fixup_el2_c0.1_lr0.1_s0`, `final_fixup_el2_c0.1_lr0.1_s3` (holdout protocol: no prefix).
+
+Each run goes through the same code as the binaries: `trainer.train` (as `bnreg-train`), then
+`evaluate.score` on the exported SavedModel's test split (as `bnreg-eval`), plus CIFAR-10-C on
+CIFAR-10 (tuning runs are not exported or scored on test). Runs live in
 `<output_dir>/runs/<run name>/`:
 - a run is claimed with the run dir's lock (`rundir.RunLock`) before it trains, so shards,
   repeated invocations or hosts sharing a file system never train it twice at the same time;
 - a run with `study.json` is finished and reused only if its `config.json` equals the config
   asked (else ConfigError naming the run and field, or `rerun_changed` moves it to `replaced/`);
-- an interrupted run resumes from its checkpoint; a failed one is recorded and the others go on;
-- `shard=(I, N)` takes every N-th run from the I-th: N processes (one per GPU, or an array job)
-  split the grid, and `collect` merges their results.
+- an interrupted run resumes from its checkpoint; a failed one is recorded (its `study.json` says
+  so, so other shards know phase 1 is done), the others go on, and the next invocation retries it;
+- `shard=(I, N)` takes every N-th run from the I-th of each phase: N processes (one per GPU, or an
+  array job) split the grid, and `collect` merges their results. Phase 2 is planned by whichever
+  process finds phase 1 complete; a shard that finds it incomplete stops after its share.
 """
 import dataclasses
 import json
@@ -23,6 +32,8 @@ import os
 import shutil
 import time
 import traceback
+
+import numpy as np
 
 from bnreg_tf import preemption, rundir
 from bnreg_tf.config import ConfigError, validate
@@ -47,41 +58,56 @@ VARIANTS = {
 
 @dataclasses.dataclass(frozen=True)
 class StudyPreset:
-    """A study: the training preset, which variants and seeds, and each penalty's coefficient."""
+    """A study: the training preset, which variants and seeds, each penalty's coefficient grid,
+    the learning-rate grid (empty: the training preset's), and the protocol (`PROTOCOLS`)."""
 
     training_preset: str
     variants: tuple
     seeds: tuple
-    coefficients: dict       # config field -> default coefficient
+    coefficients: dict       # config field -> tuple of coefficients (the grid)
     changes: dict = dataclasses.field(default_factory=dict)   # applied to the training preset
+    protocol: str = "holdout"
+    learning_rates: tuple = ()
+    tuning_seeds: int = 1
 
 
+PROTOCOLS = {
+    # Every run of the grid trains on the training split minus the holdout, is scored on test.
+    "holdout": "every setting trained on the training split minus the holdout, scored on the "
+               "test split",
+    # The paper's (section 4; REFERENCE.md section 3): tune each variant's grid on the holdout
+    # (phase 1), retrain the chosen setting on the full training split with every seed and score
+    # it on test (phase 2). EfficientNet's early stopping keeps the holdout in phase 2 too.
+    "paper": "phase 1 tunes each variant's grid on the holdout; phase 2 retrains the chosen "
+             "setting on the full training split with every seed and scores it on the test split",
+}
 PENALTY_FIELDS = ("standardization_kl", "embedding_l2", "functional_l2", "dropout")
 PAPER_VARIANTS = ("batchnorm", "fixup", "fixup_kl", "fixup_el2", "fixup_fl2", "single_bn",
                   "single_bn_fixup", "fixup_dropout")
+# The paper's grids: EL2/FL2 0.1..1.0 in steps of 0.1, KL 1e-7..1e-5 on a log scale (section 4);
+# Dropout 0.5 as in Table 3.
+PAPER_GRIDS = dict(standardization_kl=(1e-7, 1e-6, 1e-5),
+                   embedding_l2=tuple(round(0.1 * i, 1) for i in range(1, 11)),
+                   functional_l2=tuple(round(0.1 * i, 1) for i in range(1, 11)), dropout=(0.5,))
 STUDY_PRESETS = {
-    # Offline default: WRN-10-1 on the 8x8 digits, 3 seeds, every variant; about 4 minutes on 2
-    # CPU cores. Coefficients are the bnreg-demo's (EL2/FL2 0.5); KL 0.01 because 0.1 diverged
-    # at this learning rate (loss NaN by step 4); Dropout 0.5 as in the paper's Table 3.
+    # Offline default: WRN-10-1 on the 8x8 digits, 3 seeds, every variant, and a 3-point EL2/FL2
+    # sweep (Figure 3); under 10 minutes on 2 CPU cores. KL 0.01 because 0.1 diverged at this
+    # learning rate (loss NaN by step 4); Dropout 0.5 as in the paper's Table 3.
     "default": StudyPreset("digits", PAPER_VARIANTS, (0, 1, 2),
-                           dict(standardization_kl=0.01, embedding_l2=0.5, functional_l2=0.5,
-                                dropout=0.5)),
-    # The paper's grids (median of 10 seeds on CIFAR-10/SVHN, mean of 2 on ImageNet). The
-    # coefficients are starting points (assumed, REFERENCE.md gives none): sweep them with
-    # --coefficients as the paper's Figure 3 does.
+                           dict(standardization_kl=(0.01,), embedding_l2=(0.05, 0.5, 5.0),
+                                functional_l2=(0.05, 0.5, 5.0), dropout=(0.5,))),
+    # The paper's protocol and grids: median of 10 seeds on CIFAR-10/SVHN, learning rates 0.1
+    # and 0.2 tuned on CIFAR-10 (the two the paper names); SVHN keeps its preset's 0.1 (assumed).
     "paper_cifar10": StudyPreset("wrn28_10_cifar10", PAPER_VARIANTS, tuple(range(10)),
-                                 dict(standardization_kl=1e-4, embedding_l2=0.1,
-                                      functional_l2=0.1, dropout=0.5)),
-    "paper_svhn": StudyPreset("wrn28_10_svhn", PAPER_VARIANTS, tuple(range(10)),
-                              dict(standardization_kl=1e-4, embedding_l2=0.1, functional_l2=0.1,
-                                   dropout=0.5)),
+                                 PAPER_GRIDS, protocol="paper", learning_rates=(0.1, 0.2)),
+    "paper_svhn": StudyPreset("wrn28_10_svhn", PAPER_VARIANTS, tuple(range(10)), PAPER_GRIDS,
+                              protocol="paper"),
     "paper_imagenet_resnet50": StudyPreset(
         "resnet50_imagenet", ("batchnorm", "fixup", "fixup_el2", "fixup_fl2", "single_bn",
-                              "single_bn_fixup"), (0, 1),
-        dict(embedding_l2=0.1, functional_l2=0.1)),
+                              "single_bn_fixup"), (0, 1), PAPER_GRIDS, protocol="paper"),
     "paper_imagenet_efficientnet_b8": StudyPreset(
-        "efficientnet_b8_imagenet", ("batchnorm", "el2", "fl2", "dropout"),
-        (0, 1), dict(embedding_l2=0.1, functional_l2=0.1, dropout=0.5), dict(dropout=0.0)),
+        "efficientnet_b8_imagenet", ("batchnorm", "el2", "fl2", "dropout"), (0, 1), PAPER_GRIDS,
+        dict(dropout=0.0), protocol="paper"),
 }
 
 
@@ -90,48 +116,73 @@ class RunSpec:
     name: str
     variant: str
     seed: int
-    coefficient: float       # NaN-free; 0 when the variant has none
+    coefficient: float       # 0 when the variant has none
     config: object
+    phase: str = "holdout"   # "holdout" (holdout protocol), "tune" or "final" (paper protocol)
+
+    @property
+    def learning_rate(self):
+        return self.config.learning_rate
 
 
-def _run_name(variant, coefficient, seed, swept):
-    if swept and VARIANTS[variant]["coefficient"]:
-        return f"{variant}_c{coefficient:g}_s{seed}"
-    return f"{variant}_s{seed}"
+def _run_name(phase, variant, coefficient, learning_rate, seed, name_rate):
+    """`[tune_|final_]<variant>[_c<coef>][_lr<lr>]_s<seed>`: the phase and the whole setting."""
+    prefix = "" if phase == "holdout" else f"{phase}_"
+    coefficient = f"_c{coefficient:g}" if VARIANTS[variant]["coefficient"] else ""
+    rate = f"_lr{learning_rate:g}" if name_rate else ""
+    return f"{prefix}{variant}{coefficient}{rate}_s{seed}"
 
 
-def plan(base, study, variants, seeds, sweep, output_dir, explicit=()):
-    """The RunSpecs of the grid. A coefficient comes from the sweep, else from an explicitly
-    given flag (`explicit` names them), else from the study preset."""
+def _spec(base, variant, coefficient, learning_rate, seed, phase, output_dir, name_rate):
+    field = VARIANTS[variant]["coefficient"]
+    # Each variant adds its one mechanism: the other penalties (and Dropout) are off.
+    changes = {name: 0.0 for name in PENALTY_FIELDS if name != field}
+    changes.update(VARIANTS[variant]["changes"])
+    name = _run_name(phase, variant, coefficient, learning_rate, seed, name_rate)
+    changes.update(seed=seed, learning_rate=learning_rate,
+                   model_dir=os.path.join(output_dir, "runs", name))
+    if phase == "tune":   # tuning runs are judged on the holdout only: no export, no test score
+        changes.update(holdout=True, export=False)
+    elif phase == "final":   # the full training split, unless early stopping needs the holdout
+        changes.update(holdout=base.early_stopping, export=True)
+    if field:
+        changes[field] = coefficient
+    return RunSpec(name, variant, seed, coefficient, base.replace(**changes), phase)
+
+
+def grid_of(study_preset, variant, base, sweep, explicit):
+    """A variant's coefficients: the sweep, else an explicitly given flag, else the preset's."""
+    field = VARIANTS[variant]["coefficient"]
+    if field is None:
+        return (0.0,)
+    if sweep:
+        return tuple(sweep)
+    if field in explicit or field not in study_preset.coefficients:
+        return (getattr(base, field),)
+    return tuple(study_preset.coefficients[field])
+
+
+def plan(base, study, variants, seeds, sweep, output_dir, explicit=(), learning_rates=(),
+         protocol="holdout", tuning_seeds=(0,)):
+    """The RunSpecs planned up front: every run of the holdout protocol, or the paper protocol's
+    phase 1 (each variant's grid x learning rates x tuning seeds, on the holdout)."""
+    rates = tuple(learning_rates) or (base.learning_rate,)
+    name_rate = len(rates) > 1 or protocol == "paper"
+    phase = "tune" if protocol == "paper" else "holdout"
     runs = []
     for variant in variants:
-        field = VARIANTS[variant]["coefficient"]
-        if field is None:
-            coefficients = [0.0]
-        elif sweep:
-            coefficients = list(sweep)
-        elif field in explicit or field not in study.coefficients:
-            coefficients = [getattr(base, field)]
-        else:
-            coefficients = [study.coefficients[field]]
-        # Each variant adds its one mechanism: the other penalties (and Dropout) are off.
-        changes = {name: 0.0 for name in PENALTY_FIELDS if name != field}
-        changes.update(VARIANTS[variant]["changes"])
-        for coefficient in coefficients:
-            for seed in seeds:
-                name = _run_name(variant, coefficient, seed, bool(sweep))
-                config_changes = {**changes, "seed": seed,
-                                  "model_dir": os.path.join(output_dir, "runs", name)}
-                if field:
-                    config_changes[field] = coefficient
-                runs.append(RunSpec(name, variant, seed, coefficient,
-                                    base.replace(**config_changes)))
+        for coefficient in grid_of(study, variant, base, sweep, explicit):
+            for rate in rates:
+                for seed in (tuning_seeds if protocol == "paper" else seeds):
+                    runs.append(_spec(base, variant, coefficient, rate, seed, phase, output_dir,
+                                      name_rate))
     return runs
 
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-    """One study: its preset, the base training config and the planned runs."""
+    """One study: its preset, the base training config and the planned runs (under the paper
+    protocol, phase 1's; phase 2's follow from their results: `final_runs`)."""
 
     name: str
     preset: StudyPreset
@@ -141,6 +192,9 @@ class Study:
     sweep: tuple
     output_dir: str
     runs: tuple
+    protocol: str = "holdout"
+    learning_rates: tuple = ()
+    tuning_seeds: tuple = (0,)
 
 
 def _list(flag, values, parse=str):
@@ -175,10 +229,12 @@ def parse_shard(text):
 
 
 def make_study(name, given, variants=None, seeds=None, coefficients=None,
-               output_dir="reports/study"):
+               output_dir="reports/study", protocol=None, learning_rates=None, tuning_seeds=None):
     """The checked grid of study preset `name` with the explicitly given run flags `given`.
 
-    `variants`, `seeds`, `coefficients`: the grid flags as lists of strings (None: not given).
+    `variants`, `seeds`, `coefficients`, `learning_rates`: the grid flags as lists of strings
+    (None: not given); `protocol` ("holdout" or "paper") and `tuning_seeds` (how many seeds
+    phase 1 uses) default to the preset's.
     Raises ConfigError (one line) for an unknown preset, an empty or duplicated list, a negative
     seed, a coefficient no chosen variant uses or a bad run config (`check_data`: missing data).
     """
@@ -189,6 +245,11 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
     chosen = STUDY_PRESETS[name]
     if "model_dir" in given:
         raise ConfigError("--model_dir: bnreg-study puts each run under --output_dir/runs/")
+    for field in ("holdout", "export"):
+        if field in given:
+            raise ConfigError(f"--{field}: bnreg-study sets each run's training split and export "
+                              "by --protocol (holdout: the holdout; paper: tuning on the "
+                              "holdout, final runs on the full training split)")
     variants = _list("variants", variants) or list(chosen.variants)
     for variant in variants:
         if variant not in VARIANTS:
@@ -210,17 +271,99 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
             users = [v for v, d in VARIANTS.items() if d["coefficient"] == field]
             raise ConfigError(f"--{field}={given[field]:g}: no chosen variant uses it (it is the "
                               f"coefficient of {', '.join(users)})")
+    protocol = protocol or chosen.protocol
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    rates = _list("learning_rates", learning_rates, float)
+    if rates and any(not (math.isfinite(r) and r > 0) for r in rates):
+        raise ConfigError(f"--learning_rates: expected finite numbers > 0, got "
+                          f"{','.join(learning_rates)!r}")
+    if rates and "learning_rate" in given:
+        raise ConfigError("--learning_rate: give either --learning_rate or --learning_rates")
+    rates = tuple(rates or (() if "learning_rate" in given else chosen.learning_rates))
+    tuning_seeds = chosen.tuning_seeds if tuning_seeds is None else tuning_seeds
+    if tuning_seeds < 1:
+        raise ConfigError(f"--tuning_seeds: expected an integer >= 1, got {tuning_seeds}")
+    if tuning_seeds != chosen.tuning_seeds and protocol != "paper":
+        raise ConfigError("--tuning_seeds: only the paper protocol has a tuning phase "
+                          "(--protocol=paper)")
     output_dir = os.path.abspath(output_dir)
     base = preset(chosen.training_preset).replace(
         **{**chosen.changes, **given, "holdout": True, "export": True, "model_dir": "<per run>"})
-    runs = plan(base, chosen, variants, seeds, sweep, output_dir, set(given))
-    for spec in runs:
+    runs = plan(base, chosen, variants, seeds, sweep, output_dir, set(given), rates, protocol,
+                tuple(range(tuning_seeds)))
+    if protocol == "paper":   # phase 2's configs are checked now too, one per variant
+        rate = rates[0] if rates else base.learning_rate
+        runs_to_check = runs + [_spec(base, v, grid_of(chosen, v, base, sweep, set(given))[0],
+                                      rate, seeds[0], "final", output_dir, True)
+                                for v in variants]
+    else:
+        runs_to_check = runs
+    for spec in runs_to_check:
         try:
             validate(spec.config)
         except ConfigError as error:
             raise ConfigError(f"{error} (run {spec.name})") from None
     return Study(name, chosen, base, tuple(variants), tuple(seeds), tuple(sweep or ()),
-                 output_dir, tuple(runs))
+                 output_dir, tuple(runs), protocol, rates, tuple(range(tuning_seeds)))
+
+
+def selection(study, records):
+    """The paper protocol's choice per variant from phase 1's records.
+
+    Returns `{"complete": bool, "finished": k, "total": n, "variants": {variant: {"settings":
+    [{"coefficient", "learning_rate", "accuracies", "failed", "median"}], "choice": (coefficient,
+    learning_rate) or None}}}`. The choice is the best median holdout accuracy over the tuning
+    seeds; ties go to the smaller coefficient, then to the smaller learning rate (the paper's
+    default 0.1 before the larger 0.2: the more conservative setting). A setting whose every run
+    failed (diverged) is not eligible. Phase 1 is complete when every tuning run has finished or
+    failed (not pending or busy).
+    """
+    tune = [r for r in records if r.get("phase") == "tune"]
+    finished = [r for r in tune if r["status"] in ("ok", "failed")]
+    result = {"complete": len(finished) == len(tune) and bool(tune), "finished": len(finished),
+              "total": len(tune), "variants": {}}
+    for variant in study.variants:
+        settings = {}
+        for record in tune:
+            if record["variant"] == variant:
+                key = (record["coefficient"], record["learning_rate"])
+                entry = settings.setdefault(key, {"coefficient": key[0], "learning_rate": key[1],
+                                                  "accuracies": [], "failed": 0, "pending": 0})
+                if record["status"] == "ok" and record.get("val_accuracy") is not None:
+                    entry["accuracies"].append(record["val_accuracy"])
+                elif record["status"] == "failed":
+                    entry["failed"] += 1
+                else:
+                    entry["pending"] += 1
+        for entry in settings.values():
+            entry["median"] = float(np.median(entry["accuracies"])) if entry["accuracies"] \
+                else None
+        eligible = [e for e in settings.values() if e["median"] is not None]
+        choice = min(eligible, key=lambda e: (-e["median"], e["coefficient"], e["learning_rate"])) \
+            if eligible and result["complete"] else None
+        result["variants"][variant] = {
+            "settings": sorted(settings.values(),
+                               key=lambda e: (e["coefficient"], e["learning_rate"])),
+            "choice": (choice["coefficient"], choice["learning_rate"]) if choice else None}
+    return result
+
+
+def final_runs(study, records):
+    """Phase 2 of the paper protocol: the chosen setting of each variant with every seed, on the
+    full training split. None while phase 1 is incomplete (other shards, failures retried)."""
+    chosen = selection(study, records)
+    if not chosen["complete"]:
+        return None
+    runs = []
+    for variant in study.variants:
+        choice = chosen["variants"][variant]["choice"]
+        if choice is None:
+            continue   # every setting diverged: reported in the Selection section
+        coefficient, rate = choice
+        runs += [_spec(study.base, variant, coefficient, rate, seed, "final", study.output_dir,
+                       True) for seed in study.seeds]
+    return runs
 
 
 def check_data(study):
@@ -248,10 +391,17 @@ def _study_record(spec):
         raise ConfigError(f"{path}: unreadable; delete it to score that run again") from None
 
 
-def changed_runs(study):
-    """The runs whose dir holds a config.json of another config: [(spec, field, old, new)]."""
+def _finished(spec):
+    """The stored record of a run that finished (ok) or failed (to be retried), else None."""
+    record = _study_record(spec)
+    return record if record and record.get("status") in ("ok", "failed") else None
+
+
+def changed_runs(study, runs=None):
+    """The runs (default: the planned ones) whose dir holds a config.json of another config:
+    [(spec, field, old, new)]."""
     changed = []
-    for spec in study.runs:
+    for spec in study.runs if runs is None else runs:
         previous = rundir.read_config(spec.config.model_dir)
         difference = previous and rundir.first_difference(previous, spec.config)
         if difference:
@@ -259,10 +409,10 @@ def changed_runs(study):
     return changed
 
 
-def check_reuse(study, rerun_changed=False):
+def check_reuse(study, rerun_changed=False, runs=None):
     """Refuses (one line) to reuse or resume a run trained with another config, unless
     `rerun_changed`; returns the names of the runs that will be retrained from scratch."""
-    changed = changed_runs(study)
+    changed = changed_runs(study, runs)
     if changed and not rerun_changed:
         spec, field, old, new = changed[0]
         more = f" (and {len(changed) - 1} more runs)" if len(changed) > 1 else ""
@@ -283,8 +433,15 @@ def _replace(spec, output_dir, log):
 
 
 def _record(spec):
-    return {"run": spec.name, "variant": spec.variant, "seed": spec.seed,
-            "coefficient": spec.coefficient, "model_dir": spec.config.model_dir}
+    from bnreg_tf.data import catalog
+
+    config = spec.config
+    return {"run": spec.name, "phase": spec.phase, "variant": spec.variant, "seed": spec.seed,
+            "coefficient": spec.coefficient, "learning_rate": config.learning_rate,
+            "holdout": config.holdout,
+            "train_examples": catalog.split_plan(config.dataset, config.holdout,
+                                                 config.data_dir)[2],
+            "model_dir": config.model_dir}
 
 
 def run_one(spec, strategy, output_dir, rerun_changed=False, log=print):
@@ -311,7 +468,7 @@ def run_one(spec, strategy, output_dir, rerun_changed=False, log=print):
             if chief:
                 _replace(spec, output_dir, log)
             finished = None
-        if finished is not None:
+        if finished is not None and finished["status"] == "ok":
             return {**finished, "skipped": True}
         return _train_and_score(spec, strategy, chief)
     finally:
@@ -330,8 +487,13 @@ def _train_and_score(spec, strategy, chief):
     try:
         config = validate(spec.config)
         results = trainer.train(config, strategy, log=lambda *_: None, verbose=0)
-        record.update(status="ok", val_accuracy=results["eval_accuracy"],
+        # The holdout's accuracy (bnreg-train's key before and after it reported both splits).
+        holdout = results.get("validation_accuracy", results.get("eval_accuracy")) \
+            if config.holdout else results.get("validation_accuracy")
+        record.update(status="ok", val_accuracy=holdout, eval_split=results.get("eval_split"),
                       curves=_curves(config.model_dir, results), steps=results["steps"])
+        if "best_epoch" in results:
+            record["best_epoch"] = results["best_epoch"]
         if results["export"]:   # the chief's; other workers only train
             loaded = evaluate.load_saved_model(results["export"])
             _, test_split, _, _ = catalog.split_plan(config.dataset, False)
@@ -353,46 +515,79 @@ def _train_and_score(spec, strategy, chief):
     finally:
         keras.backend.clear_session()
     record["seconds"] = time.time() - start
-    if record["status"] == "ok" and chief:
+    if chief:   # a failed run's record too: other shards see phase 1 as done; it is retried
         rundir.write_atomically(os.path.join(spec.config.model_dir, "study.json"),
                                 json.dumps(record, indent=2))
     return record
 
 
+def _others(spec):
+    finished = _finished(spec)
+    if finished is None:
+        return {**_record(spec), "status": "pending"}
+    return {**finished, "skipped": True} if finished["status"] == "ok" else finished
+
+
+def _run_phase(runs, study, strategy, shard, rerun_changed, log):
+    index, count = shard
+    mine = {spec.name for spec in runs[index::count]}
+    records, done = [], 0
+    for spec in runs:
+        if spec.name not in mine:
+            records.append(_others(spec))
+            continue
+        preemption.raise_if_received(f"before run {spec.name}")
+        record = run_one(spec, strategy, study.output_dir, rerun_changed, log)
+        records.append(record)
+        done += 1
+        log(f"[{done}/{len(mine)}] {spec.name}: {describe(record)}")
+    return records
+
+
 def run_study(study, strategy, shard=(0, 1), rerun_changed=False, log=print):
     """Trains and scores this shard's runs of `study` under `strategy` (the process's one).
 
-    Returns a record per run of the whole grid: this shard's outcomes, the finished runs of
-    others, and "pending" for the rest. SIGTERM/SIGINT stop after the current run's checkpoint
-    (`preemption.Preempted`).
+    Returns a record per run: this shard's outcomes, the finished runs of others, and "pending"
+    for the rest. Under the paper protocol phase 2 follows in the same call once phase 1 is
+    complete (all shards' tuning runs finished); until then `final_runs` is None and the caller
+    says so. SIGTERM/SIGINT stop after the current run's checkpoint (`preemption.Preempted`).
     """
     check_reuse(study, rerun_changed)
-    index, count = shard
-    mine = {spec.name for spec in study.runs[index::count]}
-    records, done = [], 0
+    runs = list(study.runs)
     with preemption.stop_signals(strategy):
-        for spec in study.runs:
-            if spec.name not in mine:
-                finished = _study_record(spec)
-                records.append({**finished, "skipped": True} if finished else
-                               {**_record(spec), "status": "pending"})
-                continue
-            preemption.raise_if_received(f"before run {spec.name}")
-            record = run_one(spec, strategy, study.output_dir, rerun_changed, log)
-            records.append(record)
-            done += 1
-            log(f"[{done}/{len(mine)}] {spec.name}: {describe(record)}")
+        records = _run_phase(runs, study, strategy, shard, rerun_changed, log)
+        if study.protocol == "paper":
+            finals = final_runs(study, records)
+            if finals is not None:
+                check_reuse(study, rerun_changed, finals)
+                log(f"bnreg-study: phase 1 complete; phase 2: {len(finals)} runs of the chosen "
+                    "settings on the full training split")
+                records += _run_phase(finals, study, strategy, shard, rerun_changed, log)
     return records
 
 
 def collect(study):
-    """The records of every run of `study` that its output dir holds ("pending" for the rest)."""
+    """The records of every run of `study` that its output dir holds ("pending" for the rest);
+    phase 2's once phase 1 is complete."""
     check_reuse(study)
-    records = []
-    for spec in study.runs:
-        finished = _study_record(spec)
-        records.append(finished if finished else {**_record(spec), "status": "pending"})
+    records = [_others(spec) for spec in study.runs]
+    for record in records:
+        record.pop("skipped", None)
+    if study.protocol == "paper":
+        finals = final_runs(study, records)
+        if finals is not None:
+            check_reuse(study, False, finals)
+            records += [{k: v for k, v in _others(spec).items() if k != "skipped"}
+                        for spec in finals]
     return records
+
+
+def shard_names(study, records, shard):
+    """The names of the runs shard `(I, N)` trains: its share of each phase."""
+    index, count = shard
+    names = {spec.name for spec in study.runs[index::count]}
+    finals = final_runs(study, records) if study.protocol == "paper" else None
+    return names | {spec.name for spec in (finals or [])[index::count]}
 
 
 def describe(record):
@@ -420,7 +615,9 @@ def _curves(model_dir, results):
     initial = results.get("initial_norms") or {}
     return {
         "epoch": [0] + [int(r["epoch"]) for r in rows],   # log.csv counts epochs from 1
-        "val_accuracy": [None] + [float(r["val_accuracy"]) for r in rows],
+        # No holdout (--noholdout, the paper protocol's final runs): no per-epoch accuracy.
+        "val_accuracy": [None] + [float(r["val_accuracy"]) if r.get("val_accuracy") else None
+                                  for r in rows],
         "embedding_norm_sq": [initial.get("probe_embedding_norm_sq")] +
                              [float(r["probe_embedding_norm_sq"]) for r in rows],
         "output_norm_sq": [initial.get("probe_output_norm_sq")] +

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnreg_tf import callbacks as cb, keras_fixes, preemption, progress
+from bnreg_tf import callbacks as cb, early_stopping, keras_fixes, preemption, progress
 from bnreg_tf.checkpoints import restore_latest
 from bnreg_tf.config import ConfigError, RunConfig, validate
 from bnreg_tf.data import catalog, pipeline
@@ -240,6 +240,9 @@ def _train(config, strategy, log, verbose):
             callbacks.insert(0, cb.RestoreEpochMetrics(run.epoch_metrics))
         if run.averages_weights:
             callbacks.append(cb.AveragedEvaluation(run.optimizer))
+        if config.early_stopping:   # before the Checkpointer: see bnreg_tf.early_stopping
+            callbacks.append(early_stopping.BestCheckpoint(run.checkpoint_manager.checkpoint,
+                                                           run.write_dir, guard))
         callbacks += [cb.EpochLog(log_path, spe),  # 1-based epochs; drops rows to be redone
                       cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps),
                       preemption.stop_callback(strategy, run.checkpoint_manager)]
@@ -266,7 +269,11 @@ def _train(config, strategy, log, verbose):
         raise cb.NonFiniteLoss(
             f"loss became non-finite at step {guard.tripped}; training stopped. Last good "
             f"checkpoint: {good or 'none saved yet'}{branch}")
+    best = early_stopping.restore_best(run) if config.early_stopping else None
     results = finish(run, monitor, log)
+    if best and run.chief:   # the evaluated and exported weights are the best epoch's
+        results.update(best)
+        write_atomically(_path(config, "results.json"), json.dumps(results, indent=2) + "\n")
     if not run.chief:
         report(f"bnreg: worker done after {results['steps']} steps; trainable weights sha256 "
                f"{results['weights_sha256']}")
@@ -323,6 +330,8 @@ def export_from_checkpoint(config, strategy, log=print):
         run = build_run(config, strategy, log)
         if run.checkpoint_manager.latest_checkpoint is None:
             raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
+        if config.early_stopping:   # the best holdout epoch's, as train() exports
+            early_stopping.restore_best(run)
         with run.averaged():
             path = export_saved_model(run.network, run.preprocessing, _path(config, "export"),
                                       dataset_record(run))

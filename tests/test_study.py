@@ -102,6 +102,13 @@ def test_main_table_formats_medians_and_failures():
     (["--variants=batchnorm", "--coefficients=0.1,1"], "--coefficients: none of the variants"),
     (["--shard=2/2"], "--shard: expected I/N with 0 <= I < N"),
     (["--preset=paper_cifar10", "--data_dir=/nonexistent/tfds"], "cifar10"),
+    (["--protocol=cv"], "--protocol"),
+    (["--learning_rates=0.1,0"], "--learning_rates: expected finite numbers > 0"),
+    (["--learning_rates=0.1,0.1"], "--learning_rates: lists 0.1 twice"),
+    (["--learning_rates=0.1", "--learning_rate=0.2"], "give either --learning_rate or"),
+    (["--protocol=paper", "--tuning_seeds=0"], "--tuning_seeds: expected an integer >= 1"),
+    (["--tuning_seeds=2"], "--tuning_seeds: only the paper protocol has a tuning phase"),
+    (["--noholdout"], "--holdout: bnreg-study sets each run's training split"),
 ])
 def test_bad_study_flags_exit_2(tmp_path, flags, message):
     result = study(str(tmp_path / "s"), *flags)
@@ -110,3 +117,169 @@ def test_bad_study_flags_exit_2(tmp_path, flags, message):
     assert len(lines) == 1 and lines[0].startswith("bnreg-study: error: ") and message in lines[0], \
         lines
     assert not os.path.exists(tmp_path / "s")
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_paper_protocol_tunes_on_the_holdout_then_retrains_on_the_full_split(tmp_path):
+    """Phase 1 on the holdout, the best median holdout accuracy chosen, phase 2 on the full
+    training split; two shards, the first of which finishes its phase-1 share alone."""
+    from bnreg_tf.data.digits import digits_arrays
+
+    out = str(tmp_path / "paper")
+    grid = ["--protocol=paper", "--variants=el2", "--coefficients=0.01,3", "--seeds=0,1",
+            "--tuning_seeds=2", "--learning_rate=0.1"]
+    first = study(out, *grid, "--shard=0/2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "phase 1 share done; phase 2 is planned once every phase-1 run has finished " \
+           "(2 of 4 now)" in first.stdout
+    partial = study(out, *grid, "--report_only")
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    text = open(os.path.join(out, "report.md")).read()
+    assert "## Selection (phase 1: tuned on the holdout)" in text
+    assert "none yet (phase 1 incomplete)" in text and "## Phase 2 (final runs)" in text
+    second = study(out, *grid, "--shard=1/2")   # the rest of phase 1, then its phase-2 share
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "phase 1 complete; phase 2: 2 runs" in second.stdout
+    third = study(out, *grid, "--shard=0/2")
+    assert third.returncode == 0, third.stderr[-3000:]
+    merged = study(out, *grid, "--report_only")
+    assert merged.returncode == 0, merged.stderr[-3000:]
+
+    runs = os.path.join(out, "runs")
+    tune = sorted(name for name in os.listdir(runs) if name.startswith("tune_"))
+    final = sorted(name for name in os.listdir(runs) if name.startswith("final_"))
+    assert tune == ["tune_el2_c0.01_lr0.1_s0", "tune_el2_c0.01_lr0.1_s1",
+                    "tune_el2_c3_lr0.1_s0", "tune_el2_c3_lr0.1_s1"]
+    # The choice, recomputed from each tuning run's own results.json (the trainer's holdout).
+    holdout = {}
+    for name in tune:
+        config = _json(os.path.join(runs, name, "config.json"))
+        results = _json(os.path.join(runs, name, "results.json"))
+        assert config["holdout"] is True and results["eval_split"] == "validation"
+        assert not os.path.exists(os.path.join(runs, name, "export"))   # never scored on test
+        holdout.setdefault(config["embedding_l2"], []).append(
+            results.get("validation_accuracy", results.get("eval_accuracy")))
+    best = max(sorted(holdout), key=lambda c: np.median(holdout[c]))   # ties: the smaller one
+    label = f"{best:g}"
+    assert final == [f"final_el2_c{label}_lr0.1_s0", f"final_el2_c{label}_lr0.1_s1"]
+    train, validation = len(digits_arrays("train")[1]), len(digits_arrays("validation")[1])
+    records = {r["run"]: r for r in _json(os.path.join(out, "results.json"))}
+    for name in final:
+        config = _json(os.path.join(runs, name, "config.json"))
+        assert config["holdout"] is False and config["embedding_l2"] == best
+        assert records[name]["train_examples"] == train + validation
+        assert records[name]["test_accuracy"] is not None
+    for name in tune:
+        assert records[name]["train_examples"] == train
+    text = open(os.path.join(out, "report.md")).read()
+    assert f"**el2**: chosen coefficient {label}, lr 0.1" in text
+    for coefficient, values in holdout.items():
+        cell = f"{np.median(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
+        assert f"| {coefficient:g} | 0.1 | {cell} | – |" in text
+    assert "### Table 1: digits" in text and "### Table 3" in text and "## Caveats" in text
+    assert "Pending" not in text
+
+
+def _record(variant, seed, accuracy, coefficient=0.0, curve=(0.5, 0.6)):
+    return {"run": f"{variant}_{coefficient}_s{seed}", "variant": variant, "seed": seed,
+            "coefficient": coefficient, "learning_rate": 0.1, "status": "ok", "phase": "holdout",
+            "holdout": True, "test_accuracy": accuracy, "val_accuracy": curve[-1],
+            "curves": {"epoch": list(range(len(curve) + 1)), "val_accuracy": [None, *curve],
+                       "embedding_norm_sq": [1.0] * (len(curve) + 1),
+                       "output_norm_sq": [0.0] + [1.0] * len(curve)}}
+
+
+def test_caveats_say_what_the_data_cannot_show():
+    single = [_record("fixup", 0, 0.9), _record("batchnorm", 0, 0.95)]
+    assert any("Every result is from a single seed" in line
+               for line in report.caveats(single, 10))
+    chance = [_record("fixup", s, a) for s, a in enumerate((0.10, 0.11, 0.12))]
+    assert any("near chance (1/10 = 0.1000)" in line for line in report.caveats(chance, 10))
+    learned = [_record("fixup", s, a, curve=(0.7, 0.6)) for s, a in enumerate((0.9, 0.92))]
+    assert not any("near chance" in line or "rising" in line
+                   for line in report.caveats(learned, 10))
+    rising = [_record("fixup", s, a, curve=(0.5, 0.6, 0.7)) for s, a in enumerate((0.9, 0.92))]
+    assert any("still rising at the last epoch in 2 of 2 runs" in line
+               for line in report.caveats(rising, 10))
+    overlap = learned + [_record("fixup_el2", s, a, 0.1, (0.7, 0.6))
+                         for s, a in enumerate((0.91, 0.95))]
+    lines = report.caveats(overlap, 10)
+    assert any("seed ranges overlap" in line and "fixup_el2 (0.1)" in line and
+               "not shown by this data" in line for line in lines), lines
+    apart = learned + [_record("fixup_el2", s, a, 0.1, (0.7, 0.6))
+                       for s, a in enumerate((0.95, 0.97))]
+    lines = report.caveats(apart, 10)
+    assert not any("overlap" in line for line in lines)
+    assert any("fixup_el2 (0.1) (above: [0.9500, 0.9700])" in line for line in lines)
+
+
+def test_selection_takes_the_best_median_and_breaks_ties_to_the_smaller_setting():
+    from bnreg_tf import study as study_lib
+
+    grid = study_lib.make_study("default", {}, ["fixup_el2"], ["0"], ["0.1", "0.2", "0.3"],
+                                "/tmp/unused", "paper", ["0.1", "0.2"], 3)
+    accuracy = {(0.1, 0.1): (0.5, 0.9, 0.6), (0.2, 0.1): (0.8, 0.8, 0.1),   # medians .6 .8
+                (0.3, 0.1): (0.8, 0.7, 0.9), (0.3, 0.2): (0.8, 0.8, 0.8),   # .8 .8: tie
+                (0.1, 0.2): (0.2, 0.2, 0.2), (0.2, 0.2): (0.1, 0.1, 0.1)}
+    records = [{"run": s.name, "phase": s.phase, "variant": s.variant, "seed": s.seed,
+                "coefficient": s.coefficient, "learning_rate": s.learning_rate, "status": "ok",
+                "val_accuracy": accuracy[(s.coefficient, s.learning_rate)][s.seed]}
+               for s in grid.runs]
+    chosen = study_lib.selection(grid, records)
+    assert chosen["complete"] and chosen["variants"]["fixup_el2"]["choice"] == (0.2, 0.1)
+    finals = study_lib.final_runs(grid, records)
+    assert [s.name for s in finals] == ["final_fixup_el2_c0.2_lr0.1_s0"]
+    assert finals[0].config.holdout is False and finals[0].config.embedding_l2 == 0.2
+    records[0] = {**records[0], "status": "pending"}
+    assert study_lib.final_runs(grid, records) is None
+
+
+def test_default_study_draws_figure_3_with_the_batchnorm_reference(tmp_path):
+    """The default study's own grid, through the report code with synthetic run records."""
+    from bnreg_tf import study as study_lib
+
+    grid = study_lib.make_study("default", {}, output_dir=str(tmp_path))
+    rng = np.random.default_rng(0)
+    records = []
+    for spec in grid.runs:
+        record = _record(spec.variant, spec.seed, float(rng.uniform(0.8, 1.0)), spec.coefficient,
+                         (0.7, 0.8))
+        records.append({**record, "run": spec.name, "dropout_drop": 0.01,
+                        "embedding_norm_sq": 2.0, "output_norm_sq": 3.0})
+    report.write_report(records, str(tmp_path), "# header", grid)
+    assert _is_png(tmp_path / "norm_curves.png") and _is_png(tmp_path / "coefficients.png")
+    with open(tmp_path / "coefficients.csv") as f:
+        rows = list(csv.DictReader(f))
+    bn = [r for r in rows if r["variant"] == "batchnorm"]
+    assert len(bn) == 1 and bn[0]["coefficient"] == ""
+    bn_values = [r["test_accuracy"] for r in records if r["variant"] == "batchnorm"]
+    assert float(bn[0]["test_accuracy_median"]) == pytest.approx(np.median(bn_values))
+    for variant in ("fixup_el2", "fixup_fl2"):
+        assert len({r["coefficient"] for r in rows if r["variant"] == variant}) >= 3
+    text = (tmp_path / "report.md").read_text()
+    assert "### Table 1: digits" in text and "## Caveats" in text
+
+
+def test_paper_tables_follow_the_data_and_model():
+    records = [{**_record(v, s, 0.8 + 0.01 * s, c), "dropout_drop": 0.01}
+               for v, c in (("batchnorm", 0.0), ("dropout", 0.5), ("el2", 0.1), ("fl2", 0.1))
+               for s in (0, 1)]
+    context = dict(protocol="paper", seeds=(0, 1), dataset="imagenet2012", family="efficientnet",
+                   early_stopping=True)
+    text = report.paper_tables(records, context)
+    assert "### Table 4: EfficientNet-B8 on ImageNet" in text and "Table 1" not in text
+    assert "early stopping on it" in text and "seeds 0, 1" in text
+    for name in ("no Dropout", "Dropout", "EL2", "FL2"):
+        assert f"| {name} |" in text
+    assert "| no Dropout | – | 2 | 0.8050 [0.8000, 0.8100] |" in text
+    resnet = report.paper_tables(records, {**context, "family": "resnet",
+                                           "early_stopping": False})
+    assert "### Table 2: ResNet-50 on ImageNet" in resnet and "full training split" in resnet
+    cifar = report.paper_tables([{**r, "cifar10_c": 0.7} for r in records],
+                                {**context, "dataset": "cifar10", "family": "resnet"})
+    assert "### Table 1: CIFAR-10, test accuracy and CIFAR-10-C" in cifar
+    assert "### Table 3" in text and "### Table 3" in cifar

@@ -17,7 +17,7 @@ from tests.test_distributed import _env, _free_ports
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--epochs=1", "--steps_per_epoch=4", "--batch_size=32", "--norm_probe_size=16",
          "--deterministic"]
-GRID = ["--variants=fixup,fixup_el2", "--seeds=0,1"]
+GRID = ["--variants=fixup,fixup_el2", "--seeds=0,1", "--coefficients=0.5"]
 COLUMNS = ("test_accuracy", "val_accuracy", "dropout_drop", "embedding_norm_sq", "output_norm_sq",
            "steps")
 
@@ -44,13 +44,14 @@ def _log(output_dir, run, column):
 
 def test_mirrored_study_over_two_cpus_matches_one_device(tmp_path):
     """The README's multi-GPU command on logical CPUs: one MirroredStrategy for every run."""
-    grid = ["--variants=fixup,fixup_el2,fixup_fl2", "--seeds=0", "--learning_rate=0.1"]
+    grid = ["--variants=fixup,fixup_el2,fixup_fl2", "--seeds=0", "--learning_rate=0.1",
+            "--coefficients=0.5"]
     single, mirrored = str(tmp_path / "single"), str(tmp_path / "mirrored")
     first = study(single, *grid)
     assert first.returncode == 0, first.stderr[-3000:]
     second = study(mirrored, *grid, "--strategy=mirrored", "--virtual_cpus=2")
     assert second.returncode == 0, second.stderr[-3000:]
-    runs = ["fixup_s0", "fixup_el2_s0", "fixup_fl2_s0"]
+    runs = ["fixup_s0", "fixup_el2_c0.5_s0", "fixup_fl2_c0.5_s0"]
     assert all(f"{run}: test acc" in second.stdout for run in runs)
     assert sorted(_results(mirrored)) == sorted(runs)
     for run in runs:   # the trainer's own mirrored test tolerance (test_distributed)
@@ -73,7 +74,8 @@ def test_two_worker_study_finishes_the_same_runs_and_only_the_chief_reports(tmp_
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(subprocess.Popen(
-            _command(out, "--variants=fixup_el2,fixup_fl2", "--seeds=0", "--strategy=multi_worker"),
+            _command(out, "--variants=fixup_el2,fixup_fl2", "--seeds=0", "--coefficients=0.5",
+                     "--strategy=multi_worker"),
             cwd=ROOT, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True))
     outputs = []
@@ -86,10 +88,10 @@ def test_two_worker_study_finishes_the_same_runs_and_only_the_chief_reports(tmp_
         for process in processes:
             process.kill()
     for stdout in outputs:
-        assert "fixup_el2_s0:" in stdout and "fixup_fl2_s0:" in stdout
+        assert "fixup_el2_c0.5_s0:" in stdout and "fixup_fl2_c0.5_s0:" in stdout
     assert "report in" in outputs[0] and "report in" not in outputs[1]
     results = _results(out)
-    assert sorted(results) == ["fixup_el2_s0", "fixup_fl2_s0"]
+    assert sorted(results) == ["fixup_el2_c0.5_s0", "fixup_fl2_c0.5_s0"]
     assert all(r["status"] == "ok" and r["test_accuracy"] for r in results.values())
 
 
@@ -117,27 +119,27 @@ def test_shards_split_the_grid_resume_and_merge_like_one_process(tmp_path):
     shards[0].communicate(timeout=60)
     out, err = shards[1].communicate(timeout=400)
     assert shards[1].returncode == 0, err[-3000:]
-    assert "fixup_s1:" in out and "fixup_el2_s1:" in out and "fixup_s0" not in out
+    assert "fixup_s1:" in out and "fixup_el2_c0.5_s1:" in out and "fixup_s0" not in out
     assert "merge with the same flags and --report_only" in out
     # Before shard 0 is done, the merged report lists its runs as pending.
     partial = study(sharded, *GRID, "--report_only")
     assert partial.returncode == 0, partial.stderr[-3000:]
     assert "## Pending runs" in open(os.path.join(sharded, "report.md")).read()
     # Shard 0 again, while this test holds its second run's dir: that run is busy, not retrained.
-    with RunLock(os.path.join(sharded, "runs", "fixup_el2_s0")):
+    with RunLock(os.path.join(sharded, "runs", "fixup_el2_c0.5_s0")):
         again = study(sharded, *flags, "--shard=0/2")
     assert again.returncode == 1, again.stderr[-3000:]
     assert "fixup_s0: test acc" in again.stdout
-    assert f"fixup_el2_s0: busy: --model_dir={sharded}/runs/fixup_el2_s0 is in use by " \
+    assert f"fixup_el2_c0.5_s0: busy: --model_dir={sharded}/runs/fixup_el2_c0.5_s0 is in use by " \
            f"PID {os.getpid()}" in again.stdout
     last = study(sharded, *flags, "--shard=0/2")
     assert last.returncode == 0, last.stderr[-3000:]
     assert "fixup_s0: skipped (finished before with the same config)" in last.stdout
-    assert "fixup_el2_s0: test acc" in last.stdout
+    assert "fixup_el2_c0.5_s0: test acc" in last.stdout
     merged = study(sharded, *GRID, "--report_only")
     assert merged.returncode == 0, merged.stderr[-3000:]
     a, b = _results(single), _results(sharded)
-    assert list(a) == list(b) == ["fixup_s0", "fixup_s1", "fixup_el2_s0", "fixup_el2_s1"]
+    assert list(a) == list(b) == ["fixup_s0", "fixup_s1", "fixup_el2_c0.5_s0", "fixup_el2_c0.5_s1"]
     for run in a:   # the resumed run included: exact resume, deterministic ops
         assert b[run]["status"] == "ok"
         for column in COLUMNS:
@@ -152,7 +154,8 @@ def test_shards_split_the_grid_resume_and_merge_like_one_process(tmp_path):
         f"bnreg-study: error: run fixup_s0 in {single} was trained with --learning_rate=0.05, now "
         "0.1 is asked (and 3 more runs); use a new --output_dir, or --rerun_changed to retrain "
         "them"), lines
-    rerun = study(single, "--variants=fixup", "--seeds=0", "--learning_rate=0.1", "--rerun_changed")
+    rerun = study(single, "--variants=fixup", "--seeds=0", "--learning_rate=0.1",
+                  "--rerun_changed")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "fixup_s0: test acc" in rerun.stdout
     with open(os.path.join(single, "runs", "fixup_s0", "config.json")) as f:

@@ -1,9 +1,10 @@
 """`bnreg-study`: runs the paper's BatchNorm ablation grid and writes a report.
 
-    bnreg-study                                    # offline digits default, about 4 minutes
+    bnreg-study                                    # offline digits default, about 6 minutes
     bnreg-study --preset=paper_cifar10 --data_dir=$TFDS --output_dir=reports/cifar10 --shard=0/8
     bnreg-study --preset=paper_cifar10 --data_dir=$TFDS --output_dir=reports/cifar10 --report_only
     bnreg-study --variants=fixup_el2,fixup_fl2 --coefficients=0.01,0.1,1 --seeds=0,1,2
+    bnreg-study --protocol=paper --variants=batchnorm,fixup_el2 --coefficients=0.1,1 --seeds=0,1
 
 Every bnreg-train flag (except --preset and --model_dir) is passed through to each run.
 """
@@ -20,13 +21,22 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     from bnreg_tf.flags import define_run_flags
-    from bnreg_tf.study import STUDY_PRESETS, VARIANTS
+    from bnreg_tf.study import PROTOCOLS, STUDY_PRESETS, VARIANTS
 
     flags.DEFINE_string("preset", "default", f"Study: {', '.join(STUDY_PRESETS)}")
     flags.DEFINE_list("variants", None, f"Subset of {', '.join(VARIANTS)} (default: the preset's)")
     flags.DEFINE_list("seeds", None, "Seeds, e.g. 0,1,2 (default: the preset's)")
     flags.DEFINE_list("coefficients", None,
                       "Coefficient sweep for the penalty/dropout variants (Figure 3)")
+    flags.DEFINE_enum("protocol", None, list(PROTOCOLS),
+                      "paper: tune each variant's grid on the holdout, then retrain the chosen "
+                      "setting on the full training split with every seed (the paper presets' "
+                      "default); holdout: every setting on the holdout split only, scored on "
+                      "test (the default study's)")
+    flags.DEFINE_list("learning_rates", None, "Learning-rate grid (default: the preset's; "
+                      "paper_cifar10: 0.1,0.2)")
+    flags.DEFINE_integer("tuning_seeds", None, "Seeds per setting in phase 1 of the paper "
+                         "protocol (default 1)")
     flags.DEFINE_string("output_dir", "reports/study", "Where runs/ and the report go")
     flags.DEFINE_string("shard", "0/1", "I/N: this process trains every N-th run from the I-th "
                         "(N processes, e.g. one per GPU; merge with --report_only)")
@@ -42,9 +52,10 @@ def main():
     from bnreg_tf.flags import given_run_fields
     from bnreg_tf.strategies import is_chief
 
-    grid = study.make_study(FLAGS.preset, given_run_fields(FLAGS), FLAGS.variants, FLAGS.seeds,
-                            FLAGS.coefficients, FLAGS.output_dir)
     shard = study.parse_shard(FLAGS.shard)
+    grid = study.make_study(FLAGS.preset, given_run_fields(FLAGS), FLAGS.variants, FLAGS.seeds,
+                            FLAGS.coefficients, FLAGS.output_dir, FLAGS.protocol,
+                            FLAGS.learning_rates, FLAGS.tuning_seeds)
     command = " ".join(["bnreg-study", *sys.argv[1:]])
     if FLAGS.report_only:
         records, strategy, start = study.collect(grid), None, time.time()
@@ -53,23 +64,30 @@ def main():
         strategy = initialize_devices(grid.base)   # first: the data checks initialise devices
         study.check_data(grid)
         rundir.check_writable(grid.output_dir, "--output_dir")
-        print(f"bnreg-study: {len(grid.runs[shard[0]::shard[1]])} of {len(grid.runs)} runs "
-              f"({len(grid.variants)} variants x {len(grid.seeds)} seeds"
-              f"{f' x {len(grid.sweep)} coefficients' if grid.sweep else ''}) of "
-              f"{grid.preset.training_preset} into {grid.output_dir}", flush=True)
+        phase = " of phase 1 (tuning on the holdout)" if grid.protocol == "paper" else ""
+        print(f"bnreg-study: {len(grid.runs[shard[0]::shard[1]])} of {len(grid.runs)} runs"
+              f"{phase} ({len(grid.variants)} variants) of {grid.preset.training_preset} into "
+              f"{grid.output_dir}, protocol {grid.protocol}", flush=True)
         start = time.time()
         records = study.run_study(grid, strategy, shard, FLAGS.rerun_changed,
                                   log=lambda line: print(line, flush=True))
-    mine = records[shard[0]::shard[1]]
+    mine = [r for r in records if r["run"] in study.shard_names(grid, records, shard)]
     failed = any(r["status"] in ("failed", "busy") for r in mine)
+    waiting = grid.protocol == "paper" and study.final_runs(grid, records) is None
+    if waiting and not FLAGS.report_only:
+        chosen = study.selection(grid, records)
+        print(f"bnreg-study: shard {FLAGS.shard}: phase 1 share done; phase 2 is planned once "
+              f"every phase-1 run has finished ({chosen['finished']} of {chosen['total']} now): "
+              "repeat this command when the other shards are done")
     if strategy is not None and not is_chief(strategy):
         return 1 if failed else 0
     if shard[1] > 1 and not FLAGS.report_only:
-        print(f"bnreg-study: shard {FLAGS.shard} done; when every shard is, merge with the same "
-              "flags and --report_only (without --shard)")
+        if not waiting:
+            print(f"bnreg-study: shard {FLAGS.shard} done; when every shard is, merge with the same "
+                  "flags and --report_only (without --shard)")
         return 1 if failed else 0
     header = report.header(grid, command, records, time.time() - start, FLAGS.report_only)
-    path = report.write_report(records, grid.output_dir, header)
+    path = report.write_report(records, grid.output_dir, header, grid)
     print()
     print(report.main_table(records))
     print(f"\nbnreg-study: report in {path}")

@@ -209,9 +209,10 @@ def write_atomically(path, text):
 
 
 def remove_leftovers(model_dir, log=print):
-    """Removes what a kill or a full disk left half-written: `*.partial`, `checkpoints/*_temp`."""
+    """Removes what a kill or a full disk left half-written: `*.partial`, `checkpoints/*_temp`
+    and `best/*_temp` (early stopping's checkpoint)."""
     found = []
-    for root in (model_dir, os.path.join(model_dir, "checkpoints")):
+    for root in (model_dir, os.path.join(model_dir, "checkpoints"), os.path.join(model_dir, "best")):
         if not os.path.isdir(root):
             continue
         for name in os.listdir(root):

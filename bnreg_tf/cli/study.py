@@ -20,30 +20,37 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    from bnreg_tf.flags import define_run_flags
+    from bnreg_tf.flags import define_run_flags, set_group
     from bnreg_tf.study import PROTOCOLS, STUDY_PRESETS, VARIANTS
 
-    flags.DEFINE_string("preset", "default", f"Study: {', '.join(STUDY_PRESETS)}")
-    flags.DEFINE_list("variants", None, f"Subset of {', '.join(VARIANTS)} (default: the preset's)")
-    flags.DEFINE_list("seeds", None, "Seeds, e.g. 0,1,2 (default: the preset's)")
-    flags.DEFINE_list("coefficients", None,
-                      "Coefficient sweep for the penalty/dropout variants (Figure 3)")
+    flags.DEFINE_string("preset", "default", f"Study [name]: {', '.join(STUDY_PRESETS)}")
+    flags.DEFINE_list("variants", None, f"Variants to run [names]: a subset of "
+                      f"{', '.join(VARIANTS)} (default: the preset's)")
+    flags.DEFINE_list("seeds", None, "Seeds [integers], e.g. 0,1,2 (default: the preset's)")
+    flags.DEFINE_list("coefficients", None, "Coefficient grid of the penalty/dropout variants "
+                      "[loss weights or rates] (Figure 3; default: the preset's)")
     flags.DEFINE_enum("protocol", None, list(PROTOCOLS),
-                      "paper: tune each variant's grid on the holdout, then retrain the chosen "
-                      "setting on the full training split with every seed (the paper presets' "
-                      "default); holdout: every setting on the holdout split only, scored on "
-                      "test (the default study's)")
-    flags.DEFINE_list("learning_rates", None, "Learning-rate grid (default: the preset's; "
-                      "paper_cifar10: 0.1,0.2)")
+                      "Protocol [choice]: paper: tune each variant's grid on the holdout, then "
+                      "retrain the chosen setting on the full training split with every seed "
+                      "(the paper presets' default); holdout: every setting on the holdout split "
+                      "only, scored on test (the default study's)")
+    flags.DEFINE_list("learning_rates", None, "Learning-rate grid [per step] (default: the "
+                      "preset's; paper_cifar10: 0.1,0.2)")
     flags.DEFINE_integer("tuning_seeds", None, "Seeds per setting in phase 1 of the paper "
-                         "protocol (default 1)")
-    flags.DEFINE_string("output_dir", "reports/study", "Where runs/ and the report go")
-    flags.DEFINE_string("shard", "0/1", "I/N: this process trains every N-th run from the I-th "
-                        "(N processes, e.g. one per GPU; merge with --report_only)")
+                         "protocol [runs] (default 1)")
+    flags.DEFINE_string("output_dir", "reports/study", "Where runs/ and the report go [path] "
+                        "(default reports/study)")
+    flags.DEFINE_string("shard", "0/1", "This process's share of the grid [I/N]: every N-th run "
+                        "from the I-th (N processes, e.g. one per GPU; merge with --report_only; "
+                        "default 0/1)")
     flags.DEFINE_bool("report_only", False, "Write the report from the finished runs in "
-                      "--output_dir without training")
+                      "--output_dir without training [bool] (default false)")
     flags.DEFINE_bool("rerun_changed", False, "Retrain runs whose dir holds another config "
-                      "(their old files move to <output_dir>/replaced/)")
+                      "[bool] (their old files move to <output_dir>/replaced/; default false)")
+    set_group("study", "preset", "variants", "seeds", "coefficients", "protocol",
+              "learning_rates", "tuning_seeds", "rerun_changed")
+    set_group("execution", "shard")
+    set_group("output", "output_dir", "report_only")
     define_run_flags(FLAGS, with_preset=False)
 
 

@@ -98,6 +98,9 @@ class StopOnSignal(keras.callbacks.Callback):
                         "repeat the command to resume")
 
 
+_COORDINATION = {"handler": None, "current": None}   # this process's handler, the run it serves
+
+
 class CoordinatedStop(keras.callbacks.Callback):
     """MultiWorkerMirroredStrategy: a stop signal to ANY worker stops ALL of them at one step.
 
@@ -150,19 +153,23 @@ class CoordinatedStop(keras.callbacks.Callback):
 
         if threading.current_thread() is not threading.main_thread():
             return
-        if self.handler is None:
+        _COORDINATION["current"] = self   # the handler saves and exits through this run
+        if _COORDINATION["handler"] is None:   # one per process, shared by a study's runs
             _State.received = None
             throwaway = tf.train.CheckpointManager(
                 tf.train.Checkpoint(), os.path.join(self.manager.directory, "no-such-dir"), 1)
             config = tf.distribute.experimental.TerminationConfig(
                 termination_watcher_fn=lambda: _State.received is not None,
-                exit_fn=self._exit, grace_period=0, save_fn=self._save)
-            self.handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+                exit_fn=lambda: _COORDINATION["current"]._exit(), grace_period=0,
+                save_fn=lambda: _COORDINATION["current"]._save())
+            handler = tf.distribute.experimental.PreemptionCheckpointHandler(
                 self.strategy.cluster_resolver, throwaway, termination_config=config)
             # On GCE CPU/TPU VMs the handler does nothing (TF 2.21): keep the default SIGTERM.
-            if self.handler._platform_device in (util.PlatformDevice.GCE_CPU,  # pylint: disable=protected-access
-                                                 util.PlatformDevice.GCE_TPU):
-                self.handler = False
+            if handler._platform_device in (util.PlatformDevice.GCE_CPU,  # pylint: disable=protected-access
+                                            util.PlatformDevice.GCE_TPU):
+                handler = False
+            _COORDINATION["handler"] = handler
+        self.handler = _COORDINATION["handler"]
         if self.handler:
             self.previous = {s: signal.signal(s, _handler) for s in _SIGNALS}
 

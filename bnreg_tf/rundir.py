@@ -77,11 +77,17 @@ class RunLock:
         if previous:
             self.log(f"bnreg: taking over {self.path} from {_holder_text(previous)}, which "
                      "ended without releasing it")
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                 "started": time.time()}).encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                     "started": time.time()}).encode())
+            os.fsync(fd)
+        except OSError as error:   # a full disk, a quota: let go of the lock, say it in one line
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise ConfigError(f"{self.flag}={self.directory}: cannot write {self.path} "
+                              f"({error.strerror})") from None
         RunLock._held[self._key] = [fd, 1]
         return self
 
@@ -172,7 +178,8 @@ def check_model_dir(config, writable=True, compare=True):
         return False
     previous = read_config(model_dir)
     if previous is None:
-        entries = set(os.listdir(model_dir)) - {LOCK_NAME}
+        # study.json alone: the study's record of a run that failed before it wrote anything
+        entries = set(os.listdir(model_dir)) - {LOCK_NAME, "study.json"}
         if "checkpoints" in entries:
             raise ConfigError(
                 f"--model_dir={model_dir} holds checkpoints but no config.json, so the run they "

@@ -299,6 +299,11 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
                                 for v in variants]
     else:
         runs_to_check = runs
+    names = [spec.name for spec in runs]
+    clash = sorted({name for name in names if names.count(name) > 1})
+    if clash:
+        raise ConfigError(f"--coefficients/--learning_rates: values too close to tell apart in "
+                          f"run names ({clash[0]}); use values that differ in 6 digits")
     for spec in runs_to_check:
         try:
             validate(spec.config)

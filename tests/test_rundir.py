@@ -275,3 +275,49 @@ def test_model_dir_under_a_file_and_tpu_without_a_tpu(tmp_path):
                             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     line = _one_line_error(result)
     assert line.startswith("run_imagenet.py: error: --strategy=tpu (--tpu='nope'): no TPU reachable")
+
+
+def test_lock_write_failure_is_one_error_and_releases_the_lock(tmp_path, monkeypatch):
+    """A full disk while writing the holder's line: ConfigError, and the lock is free again."""
+    import errno
+
+    from bnreg_tf import rundir
+    from bnreg_tf.config import ConfigError
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rundir.os, "write", full)
+        with pytest.raises(ConfigError, match="cannot write .*bnreg.lock .No space left on device"):
+            rundir.RunLock(str(tmp_path)).acquire()
+    with rundir.RunLock(str(tmp_path)):   # not held by a leaked descriptor
+        pass
+
+
+def test_a_dir_holding_only_the_study_record_of_a_failed_run_is_not_foreign(tmp_path):
+    from bnreg_tf import rundir
+    from bnreg_tf.presets import PRESETS
+
+    config = PRESETS["digits"].replace(model_dir=str(tmp_path / "run"))
+    os.makedirs(config.model_dir)
+    with open(os.path.join(config.model_dir, "study.json"), "w") as f:
+        json.dump({"status": "failed"}, f)
+    assert rundir.check_model_dir(config) is False
+
+
+def test_an_os_error_of_the_machine_is_one_line_exit_1(capsys):
+    import errno
+
+    from bnreg_tf.cli.errors import run_main
+    from absl import flags as absl_flags
+
+    def main():
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/run/results.json")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(main, ["bnreg-train"], "bnreg-train", absl_flags.FlagValues())
+    assert exit_.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["bnreg-train: error: /data/run/results.json: No space left on device; nothing "
+                     "written is lost: free space (or fix the mount) and repeat the command"]

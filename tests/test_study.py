@@ -101,6 +101,8 @@ def test_main_table_formats_medians_and_failures():
      "--standardization_kl=0.1: no chosen variant uses it (it is the coefficient of fixup_kl)"),
     (["--variants=batchnorm", "--coefficients=0.1,1"], "--coefficients: none of the variants"),
     (["--shard=2/2"], "--shard: expected I/N with 0 <= I < N"),
+    (["--variants=fixup_el2", "--coefficients=1e-7,1.0000001e-7"],
+     "--coefficients/--learning_rates: values too close to tell apart in run names"),
     (["--preset=paper_cifar10", "--data_dir=/nonexistent/tfds"], "cifar10"),
     (["--protocol=cv"], "--protocol"),
     (["--learning_rates=0.1,0"], "--learning_rates: expected finite numbers > 0"),

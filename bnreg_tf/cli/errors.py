@@ -46,6 +46,12 @@ def run_main(main, argv=None, name=None, flag_values=flags.FLAGS):
         _fail(name, str(error).strip().splitlines()[0])
     except NonFiniteLoss as error:
         _fail(name, error, 1)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        # The machine, not the input: a full disk, a lost mount. One line; what was saved stays.
+        _fail(name, f"{str(error.filename) + ': ' if error.filename else ''}{error.strerror}; "
+              "nothing written is lost: free space (or fix the mount) and repeat the command", 1)
     except Preempted as error:
         print(f"{name}: {error}", file=sys.stderr)
         sys.exit(PREEMPTED_STATUS)

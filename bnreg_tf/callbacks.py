@@ -49,10 +49,9 @@ class Checkpointer(keras.callbacks.Callback):
 
     def _save(self):
         if self.guard.tripped is None:
-            step = int(self.model.optimizer.iterations.numpy())
-            if self.manager.latest_checkpoint is None or \
-                    not self.manager.latest_checkpoint.endswith(f"-{step}"):
-                self.manager.save(checkpoint_number=step)
+            from bnreg_tf.checkpoints import save_once
+
+            save_once(self.manager, int(self.model.optimizer.iterations.numpy()))
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps and int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:

@@ -59,3 +59,10 @@ def restore_latest(checkpoint, directory, log=print, repair_index=True):
         raise ConfigError(f"{directory}: no checkpoint restores ({', '.join(failed)}); bnreg will "
                           "not start over them from step 0: move them aside or use a new --model_dir")
     return None
+
+
+def save_once(manager, step):
+    """Saves `manager`'s checkpoint at `step` unless its newest one is already that step's."""
+    latest = manager.latest_checkpoint
+    if latest is None or not latest.endswith(f"-{step}"):
+        manager.save(checkpoint_number=step)

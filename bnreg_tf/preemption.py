@@ -16,6 +16,8 @@ import threading
 
 import keras
 
+from bnreg_tf.checkpoints import save_once
+
 EXIT_STATUS = 75
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -30,11 +32,6 @@ class _State:
     previous = {}
 
 
-def received():
-    """The name of the stop signal received ("SIGTERM"), or None."""
-    return _State.received
-
-
 def _handler(signum, _frame):
     name = signal.Signals(signum).name
     if _State.received is not None:
@@ -45,7 +42,7 @@ def _handler(signum, _frame):
 
 @contextlib.contextmanager
 def stop_signals(strategy=None):
-    """Within the block SIGTERM/SIGINT set `received()` instead of killing (re-entrant).
+    """Within the block SIGTERM/SIGINT only set a flag instead of killing (re-entrant).
 
     Not under MultiWorkerMirroredStrategy: there a checkpoint is saved collectively, by every
     worker at once, and a signal reaches one worker only, so one worker stopping to save would
@@ -83,17 +80,15 @@ class StopOnSignal(keras.callbacks.Callback):
     the grace period between SIGTERM and SIGKILL (30 s on Kubernetes by default).
     """
 
-    def __init__(self, manager, save=True):
+    def __init__(self, manager):
         super().__init__()
-        self.manager, self.save = manager, save
+        self.manager = manager
 
     def on_train_batch_end(self, batch, logs=None):
         if _State.received is None:
             return
         step = int(self.model.optimizer.iterations.numpy())
-        if self.save and (self.manager.latest_checkpoint is None or
-                          not self.manager.latest_checkpoint.endswith(f"-{step}")):
-            self.manager.save(checkpoint_number=step)
+        save_once(self.manager, step)
         raise Preempted(f"stopped by {_State.received} at step {step}; checkpoint saved; "
                         "repeat the command to resume")
 
@@ -127,9 +122,7 @@ class CoordinatedStop(keras.callbacks.Callback):
 
     def _save(self):
         self.step = int(self.model.optimizer.iterations.numpy())
-        latest = self.manager.latest_checkpoint
-        if latest is None or not latest.endswith(f"-{self.step}"):
-            self.manager.save(checkpoint_number=self.step)
+        save_once(self.manager, self.step)
 
     def _exit(self):
         from bnreg_tf.strategies import is_chief

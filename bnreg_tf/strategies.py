@@ -160,7 +160,7 @@ def set_precision(precision, strategy):
 def is_chief(strategy):
     """True on the one process that writes logs, config, results and the export."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
+    if resolver is None or not is_multi_worker(strategy):
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
     if task_type == "chief":

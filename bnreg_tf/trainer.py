@@ -107,14 +107,14 @@ def preflight(config, strategy):
     return spec, splits
 
 
-def build_run(config, strategy, log=print):
+def build_run(config, strategy, log=print, plan=None):
     """Builds model/optimizer in `strategy`'s scope and restores the newest good checkpoint
     (else, with --init_from, another run's weights).
 
     `strategy` is the process's one strategy (`bnreg_tf.strategies.make_strategy`). Writes
     nothing to the model dir except, on the chief, a repaired checkpoint index.
     """
-    spec, splits = preflight(config, strategy)
+    spec, splits = plan or preflight(config, strategy)   # `plan`: preflight's, already checked
     train_split, eval_split = splits.train, splits.validation
     steps_per_epoch = config.steps_per_epoch or max(1, splits.train_examples // config.batch_size)
     keras.utils.set_random_seed(config.seed)
@@ -204,16 +204,16 @@ def train(config, strategy, log=print, verbose=None):
     Raises ConfigError (bad flags, data or model dir), RunDirBusy (another process holds the
     model dir), NonFiniteLoss, or preemption.Preempted (SIGTERM/SIGINT: a checkpoint was saved).
     """
-    preflight(config, strategy)
+    plan = preflight(config, strategy)
     with _writer(config, strategy, log), preemption.stop_signals(strategy):
-        return _train(config, strategy, log, verbose)
+        return _train(config, strategy, log, verbose, plan)
 
 
-def _train(config, strategy, log, verbose):
+def _train(config, strategy, log, verbose, plan):
     chief = is_chief(strategy)
     if chief and not os.path.exists(_path(config, "config.json")):
         write_atomically(_path(config, "config.json"), config.to_json() + "\n")
-    run = build_run(config, strategy, log)
+    run = build_run(config, strategy, log, plan)
     os.makedirs(run.write_dir, exist_ok=True)
     report = log
     if not run.chief:
@@ -323,11 +323,11 @@ def finish(run, monitor, log=print):
 
 def export_from_checkpoint(config, strategy, log=print):
     """Exports the latest checkpoint of `config`'s model dir (averaged weights where kept)."""
-    preflight(config, strategy)
+    plan = preflight(config, strategy)
     if not os.path.isdir(_path(config, "checkpoints")):
         raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
     with _writer(config, strategy, log), preemption.stop_signals(strategy):
-        run = build_run(config, strategy, log)
+        run = build_run(config, strategy, log, plan)
         if run.checkpoint_manager.latest_checkpoint is None:
             raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
         if config.early_stopping:   # the best holdout epoch's, as train() exports

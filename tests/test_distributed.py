@@ -72,17 +72,21 @@ def _free_ports(count):
     return ports
 
 
-def _start_workers(model_dir, *flags):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+def launch_workers(command, count=2):
+    """`command` as `count` local workers of one cluster on free 127.0.0.1 ports (TF_CONFIG)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(count)]}
     processes = []
-    for index in range(2):
+    for index in range(count):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "bnreg_tf.cli.train", f"--model_dir={model_dir}", *BASE,
-             "--strategy=multi_worker", *flags], cwd=ROOT, env=_env(TF_CONFIG=tf_config),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            command, cwd=ROOT, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
     return processes
+
+
+def _start_workers(model_dir, *flags):
+    return launch_workers([sys.executable, "-m", "bnreg_tf.cli.train", f"--model_dir={model_dir}",
+                           *BASE, "--strategy=multi_worker", *flags])
 
 
 def _finish(processes, timeout=300):

@@ -1,6 +1,7 @@
 """Peak resident memory of a short training run per benchmarked model (one subprocess each).
 
-Issues 7 and 17 (the Keras BN rows: bnreg's models with `keras.layers.BatchNormalization`).
+Issues 7 and 17 (the "before issue 17" rows: bnreg's models with Keras' BatchNormalization,
+Conv2D and SGD).
 Each child process builds the model, runs a few `train_on_batch` steps and reports its peak
 resident set (`VmHWM` of /proc/self/status; `ru_maxrss` would carry over the parent's peak
 across fork+exec on Linux). A child that only imports TensorFlow and Keras gives
@@ -30,10 +31,12 @@ def build(spec):
 
 
 if spec["model"] != "baseline":
-    from benchmarks.timing import interleaved_throughput, keras_batchnorm
-    with keras_batchnorm() if spec.get("keras_bn") else contextlib.nullcontext():
+    from benchmarks.timing import interleaved_throughput, keras_layers
+    with keras_layers() if spec.get("keras_layers") else contextlib.nullcontext():
         model = build(spec)
-    interleaved_throughput([model], spec["batch"], spec["classes"], steps=3, warmup=1, rounds=1)
+    sgd = keras.optimizers.SGD if spec.get("keras_layers") or spec["family"] == "keras" else None
+    interleaved_throughput([model], spec["batch"], spec["classes"], steps=3, warmup=1, rounds=1,
+                           sgds=sgd and [sgd])
 with open("/proc/self/status") as status:
     peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 print(json.dumps({"peak_mb": peak_kb / 1024}))
@@ -45,14 +48,14 @@ MODELS = (
          shape=[32, 32, 3], classes=10),
     dict(label="resnet50 batchnorm, 64 px", family="resnet", model="resnet50", norm="batchnorm",
          shape=[64, 64, 3], classes=1000),
-    dict(label="resnet50 batchnorm, Keras BN (before issue 17), 64 px", family="resnet",
-         model="resnet50", norm="batchnorm", shape=[64, 64, 3], classes=1000, keras_bn=True),
+    dict(label="resnet50 batchnorm, Keras layers and SGD (before issue 17), 64 px", family="resnet",
+         model="resnet50", norm="batchnorm", shape=[64, 64, 3], classes=1000, keras_layers=True),
     dict(label="keras.applications.ResNet50, 64 px", family="keras", model="resnet50",
          shape=[64, 64, 3], classes=1000),
     dict(label="efficientnet b0, 64 px", family="efficientnet", model="b0", shape=[64, 64, 3],
          classes=1000),
-    dict(label="efficientnet b0, Keras BN (before issue 17), 64 px", family="efficientnet",
-         model="b0", shape=[64, 64, 3], classes=1000, keras_bn=True),
+    dict(label="efficientnet b0, Keras layers and SGD (before issue 17), 64 px", family="efficientnet",
+         model="b0", shape=[64, 64, 3], classes=1000, keras_layers=True),
 )
 
 

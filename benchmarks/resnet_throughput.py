@@ -2,13 +2,15 @@
 
 Issues 3 and 17. Same input size, batch and classes for both ResNet-50s, measured in the
 same run, both with the compilation mode bnreg picks for the device (graph mode on a CPU).
-The "Keras BN" rows are the same bnreg networks built with `keras.layers.BatchNormalization`
-(bnreg before issue 17's fused layer).
+keras.applications' model trains with `keras.optimizers.SGD`, ours with the trainer's fused
+`bnreg_tf.optimizers.SGD`; the "before issue 17" rows are the same bnreg networks with Keras'
+BatchNormalization, Conv2D and SGD.
 """
 import keras
 
 import resnet
-from benchmarks.timing import conv_dense_flops, interleaved_throughput, keras_batchnorm
+from bnreg_tf import optimizers
+from benchmarks.timing import conv_dense_flops, interleaved_throughput, keras_layers
 
 
 def rows(image_size=64, batch_size=32, steps=10):
@@ -19,23 +21,26 @@ def rows(image_size=64, batch_size=32, steps=10):
     """
     shape = (image_size, image_size, 3)
     ours = resnet.build_model("resnet50", num_classes=1000, input_shape=shape, norm="batchnorm")
-    with keras_batchnorm():
-        ours_keras_bn = resnet.build_model("resnet50", num_classes=1000, input_shape=shape,
-                                           norm="batchnorm")
+    with keras_layers():
+        before = resnet.build_model("resnet50", num_classes=1000, input_shape=shape,
+                                    norm="batchnorm")
     theirs = keras.applications.ResNet50(weights=None, input_shape=shape, classes=1000,
                                          classifier_activation=None)
     pairs = [("keras.applications.ResNet50", theirs), ("bnreg resnet50 batchnorm", ours),
-             ("bnreg resnet50 batchnorm, Keras BN", ours_keras_bn)]
-    rates = interleaved_throughput([model for _, model in pairs], batch_size, 1000, steps)
+             ("bnreg resnet50 batchnorm before issue 17", before)]
+    rates = interleaved_throughput([model for _, model in pairs], batch_size, 1000, steps,
+                                   sgds=[keras.optimizers.SGD, optimizers.SGD,
+                                         keras.optimizers.SGD])
     for (label, model), rate in zip(pairs, rates):
         flops = 3 * conv_dense_flops(model) / 1e9
         yield label, flops, rate, flops * rate, rate / rates[0]
     wrns = [(norm, resnet.build_model("wrn16_4", num_classes=10, norm=norm))
             for norm in resnet.NORM_MODES]
-    with keras_batchnorm():
-        wrns.append(("batchnorm, Keras BN", resnet.build_model("wrn16_4", num_classes=10,
-                                                               norm="batchnorm")))
-    rates = interleaved_throughput([model for _, model in wrns], batch_size, 10, steps)
+    with keras_layers():
+        wrns.append(("batchnorm before issue 17", resnet.build_model("wrn16_4", num_classes=10,
+                                                                     norm="batchnorm")))
+    rates = interleaved_throughput([model for _, model in wrns], batch_size, 10, steps,
+                                   sgds=[optimizers.SGD] * (len(wrns) - 1) + [keras.optimizers.SGD])
     for (norm, model), rate in zip(wrns, rates):
         flops = 3 * conv_dense_flops(model) / 1e9
         yield f"wrn16_4 {norm} (32 px)", flops, rate, flops * rate, rate / rates[0]

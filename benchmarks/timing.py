@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnreg_tf import batchnorm, choose_jit_compile
+from bnreg_tf import batchnorm, choose_jit_compile, conv, optimizers
 
 
 def conv_dense_flops(model):
@@ -42,7 +42,7 @@ def matmul_peak_gflops(n=2048, repeats=20):
     return 2 * n**3 / np.min(times) / 1e9
 
 
-def _compiled_step(model, batch_size, num_classes, seed):
+def _compiled_step(model, batch_size, num_classes, seed, sgd=optimizers.SGD):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch_size, *model.input_shape[1:])).astype(np.float32)
     labels = rng.integers(0, num_classes, batch_size)
@@ -51,7 +51,7 @@ def _compiled_step(model, batch_size, num_classes, seed):
         y, loss = {"logits": labels}, {"logits": loss}
     else:
         y = labels
-    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), loss=loss,
+    model.compile(sgd(0.01, momentum=0.9), loss=loss,
                   jit_compile=choose_jit_compile())
     return lambda: model.train_on_batch(x, y)
 
@@ -70,14 +70,21 @@ def train_step_throughput(model, batch_size, num_classes, steps=10, warmup=3, se
     return interleaved_throughput([model], batch_size, num_classes, steps, warmup, 1, seed)[0]
 
 
-def interleaved_throughput(models, batch_size, num_classes, steps=10, warmup=3, rounds=3, seed=0):
+def interleaved_throughput(models, batch_size, num_classes, steps=10, warmup=3, rounds=3, seed=0,
+                           sgds=None):
     """Images/s of each model's training step, measured in alternating rounds.
+
+    Each model trains with SGD with momentum 0.9: bnreg's fused `optimizers.SGD` (what the
+    trainer uses) unless `sgds` gives each model its own class (`keras.optimizers.SGD` for a
+    model a user would train with Keras' optimizer).
 
     Each round times `steps` steps of every model in turn (median step); a model's result is
     its best round. Alternating keeps a slow phase of a shared machine from landing on one
     model only, which made single back-to-back measurements here swing by +-25%.
     """
-    compiled = [_compiled_step(model, batch_size, num_classes, seed) for model in models]
+    sgds = sgds or [optimizers.SGD] * len(models)
+    compiled = [_compiled_step(model, batch_size, num_classes, seed, sgd)
+                for model, sgd in zip(models, sgds)]
     for step in compiled:
         for _ in range(warmup):
             step()
@@ -89,14 +96,15 @@ def interleaved_throughput(models, batch_size, num_classes, steps=10, warmup=3, 
 
 
 @contextlib.contextmanager
-def keras_batchnorm():
-    """Builders inside make `keras.layers.BatchNormalization` (bnreg before issue 17)."""
-    fused = batchnorm.BatchNormalization
-    batchnorm.BatchNormalization = keras.layers.BatchNormalization
+def keras_layers():
+    """Builders inside make `keras.layers.BatchNormalization` and `keras.layers.Conv2D`
+    (bnreg's models before issue 17)."""
+    fused, pointwise = batchnorm.BatchNormalization, conv.Conv2D
+    batchnorm.BatchNormalization, conv.Conv2D = keras.layers.BatchNormalization, keras.layers.Conv2D
     try:
         yield
     finally:
-        batchnorm.BatchNormalization = fused
+        batchnorm.BatchNormalization, conv.Conv2D = fused, pointwise
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ The peak is `learning_rate * batch_size / lr_reference_batch` when `lr_reference
 import keras
 import tensorflow as tf
 
+from bnreg_tf import optimizers
 from bnreg_tf.data.catalog import split_plan
 from efficientnet.optim import ReferenceRMSprop, WarmupExponentialDecay
 
@@ -77,4 +78,4 @@ def make_optimizer(config, steps_per_epoch):
     if config.optimizer == "rmsprop_reference":
         return ReferenceRMSprop(schedule, rho=0.9, momentum=config.momentum, epsilon=1e-3,
                                 average_decay=config.ema_decay or None)
-    return keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=config.nesterov)
+    return optimizers.SGD(schedule, momentum=config.momentum, nesterov=config.nesterov)

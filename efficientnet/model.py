@@ -8,7 +8,7 @@ import string
 
 import keras
 
-from bnreg_tf import batchnorm
+from bnreg_tf import batchnorm, conv
 from bnreg_tf.heads import classifier_head, with_head_penalties
 from bnreg_tf.init import Seeds, he_normal_fan_out
 from bnreg_tf.layers import StochasticDepth
@@ -22,7 +22,7 @@ class _Builder:
         self.bn_momentum, self.bn_epsilon, self.next_seed = bn_momentum, bn_epsilon, Seeds(seed)
 
     def conv(self, x, filters, kernel, name, stride=1, use_bias=False):
-        return keras.layers.Conv2D(
+        return conv.Conv2D(
             filters, kernel, strides=stride, padding="same", use_bias=use_bias,
             kernel_initializer=he_normal_fan_out(self.next_seed()), name=name)(x)
 

@@ -10,6 +10,7 @@ import re
 
 import keras
 
+import bnreg_tf.conv
 from bnreg_tf.heads import with_head_penalties
 from bnreg_tf.init import Seeds
 from resnet.norm import NormPolicy, activation_layer
@@ -41,7 +42,7 @@ def parse_wrn(name):
 
 
 def conv(x, filters, kernel, stride, initializer, name):
-    return keras.layers.Conv2D(
+    return bnreg_tf.conv.Conv2D(
         filters, kernel, strides=stride, padding="same", use_bias=False,
         kernel_initializer=initializer, name=name,
     )(x)

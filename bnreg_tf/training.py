@@ -136,9 +136,12 @@ class Classifier(keras.Model):
         return out
 
     def _loss_scale(self):
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            return tf.cast(self.optimizer.dynamic_scale, tf.float32)
-        return float(self.optimizer.loss_scale_factor or 1.0)
+        """The factor `optimizer.scale_loss` multiplied the loss by (the same expression)."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
+            return tf.cast(scale, tf.float32)
+        return float(optimizer.loss_scale_factor or 1.0)
 
     def _nan_unless_finite(self, loss, gradients):
         """The loss, or NaN when a gradient is not finite, so `NonFiniteGuard` stops the run.

@@ -123,6 +123,25 @@ def test_agc_step_under_mirrored_strategy_matches_one_device(mirrored, rng):
     assert max(np.max(np.abs(a - b)) for a, b in zip(single, unclipped)) > 1e-3
 
 
+def test_agc_clips_the_unscaled_gradient_under_loss_scaling(rng):
+    """Under LossScaleOptimizer (mixed_float16's) the clip sees the true gradient: same step."""
+    x, y = rng.normal(size=(8, 8, 8, 3)).astype(np.float32), np.arange(8) % 3
+
+    def trained(optimizer):
+        network = resnet.build_model("wrn10_1", num_classes=3, input_shape=(8, 8, 3),
+                                     norm="none", seed=6)
+        model = Classifier(network, 3, agc=0.01)
+        model.compile(optimizer=optimizer, jit_compile=False)
+        for _ in range(2):
+            model.train_on_batch(x, y)
+        return [v.numpy() for v in model.trainable_variables]
+
+    plain = trained(keras.optimizers.SGD(0.5))
+    scaled = trained(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.5)))
+    for a, b in zip(plain, scaled):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_agc_flag_is_validated():
     config = PRESETS["digits"].replace(model_dir="/tmp/unused")
     assert validate(config.replace(agc=0.01)).agc == 0.01

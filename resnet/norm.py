@@ -206,7 +206,8 @@ class NormPolicy:
         return init.he_normal_fan_out(seed)
 
     def plain_conv_init(self):
-        """Stem and projection-shortcut convolutions: He-normal(fan_out) in every mode."""
+        """Stem and projection-shortcut convolutions: He-normal(fan_out) (nf_resnet's convolutions
+        use `nf.ws_initializer`)."""
         return init.he_normal_fan_out(self.seeds())
 
     def classifier_init(self):

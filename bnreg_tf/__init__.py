@@ -23,7 +23,7 @@ _ATTRIBUTES = {
 }
 _SUBMODULES = ("diagnostics", "init", "layers", "penalties")
 # Every module that registers Keras-serializable objects (package "bnreg").
-SERIALIZABLE_MODULES = ("bnreg_tf.batchnorm", "bnreg_tf.conv", "bnreg_tf.layers",
+SERIALIZABLE_MODULES = ("bnreg_tf.batchnorm", "bnreg_tf.conv", "bnreg_tf.layers", "bnreg_tf.nf",
                         "bnreg_tf.optimizers", "bnreg_tf.schedules", "efficientnet.optim")
 
 __all__ = sorted([*_ATTRIBUTES, *_SUBMODULES])

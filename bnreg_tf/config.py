@@ -36,7 +36,9 @@ class RunConfig:
     model: str = _field("wrn10_1", "Network [name]: wrn<depth>_<width>, resnet18..152, or "
                         "efficientnet_b0..b8/l2", "model")
     norm: str = _field("batchnorm", "Normalisation [choice]: batchnorm, fixup, "
-                       "fixup_standardize, single_bn, fixup_single_bn, none", "model")
+                       "fixup_standardize, single_bn, fixup_single_bn, none, skipinit (SkipInit: "
+                       "zero-initialised branch gains) or nf_resnet (NF-ResNet: scaled weight "
+                       "standardization, x + 0.2 f(x / beta))", "model")
     activation: str = _field("relu", "Activation [choice]: relu or swish (ResNet/WRN; "
                              "EfficientNet is always swish)", "model")
     survival_prob: float = _field(0.8, "EfficientNet drop-connect keep probability of the last "
@@ -103,6 +105,10 @@ class RunConfig:
     nesterov: bool = _field(False, "Nesterov momentum (sgd) [bool]", "optimisation")
     fixup_scalar_lr: float = _field(1.0, "LR multiplier of Fixup scalars [factor] (reference: "
                                     "0.1)", "optimisation")
+    agc: float = _field(0.0, "Adaptive gradient clipping of every variable but the classifier's "
+                        "[max ratio of a unit's gradient norm to its weight norm] (NFNets; 0 = "
+                        "off; the paper uses 0.01 at batch 4096, larger for smaller batches)",
+                        "optimisation")
     ema_decay: float = _field(0.0, "Weight average decay incl. BN statistics [factor per step] "
                               "(0 = off; rmsprop_reference)", "optimisation")
     epochs: int = _field(15, "Training length [epochs]", "optimisation")
@@ -192,7 +198,7 @@ def validate(config):
              config.dataset)
     for name in ("standardization_kl", "embedding_l2", "functional_l2", "weight_decay",
                  "label_smoothing", "learning_rate", "warmup_epochs", "decay_rate", "momentum",
-                 "ema_decay", "randaugment_magnitude"):
+                 "ema_decay", "randaugment_magnitude", "agc"):
         _finite_nonnegative(config, name)
     _require(config.dropout == -1 or 0 <= config.dropout < 1, "dropout", "a rate in [0, 1) or -1",
              config.dropout)

@@ -128,9 +128,14 @@ class StandardizationKL(PenaltyLayer):
 
 
 class _ScalarLayer(keras.layers.Layer):
-    """A layer with one trainable scalar weight named `value`."""
+    """A layer with one trainable scalar weight named `value`, starting at `initial_value`
+    (the class default when None)."""
 
-    initial_value = 0.0
+    default_value = 0.0
+
+    def __init__(self, initial_value=None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_value = float(self.default_value if initial_value is None else initial_value)
 
     def build(self, input_shape):
         self.value = self.add_weight(
@@ -140,12 +145,15 @@ class _ScalarLayer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def get_config(self):
+        return {**super().get_config(), "initial_value": self.initial_value}
+
 
 @_register
 class ScalarBias(_ScalarLayer):
     """Fixup's scalar bias (Zhang et al. 2019, section 3): `x + b`, `b` a scalar initialised to 0."""
 
-    initial_value = 0.0
+    default_value = 0.0
 
     def call(self, inputs):
         return inputs + ops.cast(self.value, inputs.dtype)
@@ -153,9 +161,14 @@ class ScalarBias(_ScalarLayer):
 
 @_register
 class ScalarScale(_ScalarLayer):
-    """Fixup's scalar multiplier (Zhang et al. 2019, section 3): `x * s`, `s` initialised to 1."""
+    """A trainable scalar multiplier `x * s`.
 
-    initial_value = 1.0
+    Fixup's multiplier (Zhang et al. 2019, section 3) starts at 1 (the default); SkipInit's gain
+    at the end of a residual branch (De & Smith 2020, "SkipInit") is this layer with
+    `initial_value=0`.
+    """
+
+    default_value = 1.0
 
     def call(self, inputs):
         return inputs * ops.cast(self.value, inputs.dtype)

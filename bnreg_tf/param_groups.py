@@ -1,11 +1,14 @@
 """Parameter groups of any Keras model, for weight-decay exclusion and per-group learning rates.
 
 Goyal et al. 2017 exclude BN gamma/beta and biases from weight decay; the Fixup reference trains
-its scalar biases and multipliers at a tenth of the base learning rate (REFERENCE.md 3-4).
+its scalar biases and multipliers at a tenth of the base learning rate (REFERENCE.md 3-4). The
+NF-ResNet reference excludes its weight-standardization gains and its biases from weight decay
+(`nfnets/experiment.py`), which `weight_decay_exclude="batchnorm_and_bias"` does here.
 """
 import keras
 
 from bnreg_tf import layers as bl
+from bnreg_tf import nf
 
 GROUPS = ("kernels", "biases", "batchnorm", "fixup_scalars", "activation")
 
@@ -13,8 +16,9 @@ GROUPS = ("kernels", "biases", "batchnorm", "fixup_scalars", "activation")
 def param_groups(model):
     """Returns `{group: [trainable variables]}` with every trainable variable in exactly one group.
 
-    - `batchnorm`: gamma and beta of every normalization layer;
-    - `fixup_scalars`: `ScalarBias` and `ScalarScale` values;
+    - `batchnorm`: gamma and beta of every normalization layer, and the `gain` of scaled
+      weight standardization (`nf.ScaledStdConv2D`), the affine gain that replaces BN's gamma;
+    - `fixup_scalars`: `ScalarBias` and `ScalarScale` values (Fixup's scalars, SkipInit's gain);
     - `activation`: the scalar `rho` of `Swish`;
     - `biases`: biases of convolutions and Dense layers;
     - `kernels`: everything else (conv and Dense kernels, depthwise kernels).
@@ -28,7 +32,8 @@ def param_groups(model):
             if id(variable) in seen:
                 continue
             seen.add(id(variable))
-            if isinstance(layer, norm_types):
+            if isinstance(layer, norm_types) or (
+                    isinstance(layer, nf.ScaledStdConv2D) and variable is layer.gain):
                 group = "batchnorm"
             elif isinstance(layer, (bl.ScalarBias, bl.ScalarScale)):
                 group = "fixup_scalars"

@@ -127,7 +127,7 @@ def build_run(config, strategy, log=print, plan=None):
         network = build_network(config, spec, image_size)
         trainer = Classifier(network, spec.num_classes, config.label_smoothing,
                              config.weight_decay, config.weight_decay_exclude,
-                             config.fixup_scalar_lr)
+                             config.fixup_scalar_lr, agc=config.agc)
         optimizer = make_optimizer(config, steps_per_epoch)
         if isinstance(optimizer, ReferenceRMSprop) and optimizer.average_decay:
             optimizer.track_average(average_sources(network))

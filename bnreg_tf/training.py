@@ -6,28 +6,43 @@
 - weight decay `wd * sum 1/2 ||v||^2` over the recipe's variables (REFERENCE.md sections 3, 5);
 - the Fixup reference's reduced learning rate for scalar biases/multipliers, as a gradient
   multiplier (exactly a per-group learning rate for SGD, whose update is linear in the gradient);
+- optionally adaptive gradient clipping (`agc` > 0; NFNets, `bnreg_tf.agc`) of every variable
+  but the classifier's;
 and reports loss, cross_entropy, accuracy and each penalty's raw value. The summed loss is
 divided by the number of replicas before differentiation, as Keras' own step does, so gradients
-all-reduced by the optimizer are those of the global batch.
+all-reduced by the optimizer are those of the global batch. AGC is not linear in the gradient,
+so with it the step all-reduces the gradients itself, clips the global batch's gradient and
+hands the optimizer gradients it must not all-reduce again (`agc.take_over_all_reduce`).
 """
 import keras
 import tensorflow as tf
 
+from bnreg_tf import agc as agc_lib
 from bnreg_tf import layers as bl
+from bnreg_tf import model_graph as mg
 from bnreg_tf.param_groups import param_groups
+
+
+def classifier_variables(network):
+    """The trainable variables of the layer making `network`'s logits (the final Dense)."""
+    flat = mg.inline(network)
+    node, _ = mg.find_classifier(flat, mg.logits_tensor(flat))
+    return list(node.operation.trainable_variables)
 
 
 class Classifier(keras.Model):
     """`network` plus the recipe's loss; `call` returns the network's output dict."""
 
     def __init__(self, network, num_classes, label_smoothing=0.0, weight_decay=0.0,
-                 weight_decay_exclude="none", fixup_scalar_lr=1.0, **kwargs):
+                 weight_decay_exclude="none", fixup_scalar_lr=1.0, agc=0.0, **kwargs):
         super().__init__(name=kwargs.pop("name", "trainer"), **kwargs)
         self.network = network
         self.num_classes = int(num_classes)
         self.label_smoothing = float(label_smoothing)
         self.weight_decay = float(weight_decay)
         self.fixup_scalar_lr = float(fixup_scalar_lr)
+        self.agc = bl.check_coefficient(agc, "agc")
+        self._agc_exempt = {id(v) for v in classifier_variables(network)} if self.agc else set()
         groups = param_groups(network)
         excluded = {"none": (), "batchnorm": ("batchnorm",),
                     "batchnorm_and_bias": ("batchnorm", "biases")}[weight_decay_exclude]
@@ -57,6 +72,11 @@ class Classifier(keras.Model):
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        if self.agc:
+            agc_lib.take_over_all_reduce(self.optimizer)
+
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
 
@@ -85,6 +105,8 @@ class Classifier(keras.Model):
             scaled = self.optimizer.scale_loss(loss / replicas)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        if self.agc:
+            gradients = self._adaptive_clip(gradients, variables)
         if self.fixup_scalar_lr != 1.0:
             gradients = [g * self.fixup_scalar_lr if g is not None and id(v) in self._scalar_ids
                          else g for g, v in zip(gradients, variables)]
@@ -93,6 +115,33 @@ class Classifier(keras.Model):
         self.cross_entropy_tracker.update_state(cross_entropy)
         self.accuracy.update_state(labels, outputs["logits"])
         return {m.name: m.result() for m in self.metrics}
+
+    def _adaptive_clip(self, gradients, variables):
+        """AGC on the all-reduced, unscaled gradient of the global batch (module docstring).
+
+        Every replica gets the same clipped sum; the optimizer applies it without another
+        all-reduce. Under LossScaleOptimizer the gradients are unscaled for the clipping and
+        scaled back, so that optimizer's finiteness check and unscaling work as usual.
+        """
+        present = [i for i, g in enumerate(gradients) if g is not None]
+        reduced = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
+        scale = self._loss_scale()
+        out = list(gradients)
+        for i, g in zip(present, reduced):
+            v = variables[i]
+            if id(v) not in self._agc_exempt:
+                g = agc_lib.clip_gradient(g / scale, v, self.agc) * scale
+            out[i] = g
+        return out
+
+    def _loss_scale(self):
+        """The factor `optimizer.scale_loss` multiplied the loss by (the same expression)."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            scale = optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
+            return tf.cast(scale, tf.float32)
+        return float(optimizer.loss_scale_factor or 1.0)
 
     def _nan_unless_finite(self, loss, gradients):
         """The loss, or NaN when a gradient is not finite, so `NonFiniteGuard` stops the run.

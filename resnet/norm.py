@@ -1,21 +1,63 @@
-"""The BatchNorm ablation modes of the paper (Table 1-2; REFERENCE.md sections 2 and 4).
+"""The normalisation modes of bnreg's ResNets: the paper's BatchNorm ablations (Table 1-2;
+REFERENCE.md sections 2 and 4) and the normalizer-free lineage after it (issue 18).
 
-A `NormPolicy` decides what sits at each place where BatchNorm would sit ("norm site"), which
-Fixup scalars surround the convolutions, and how branch and classifier weights are initialised.
+Each mode is one row of `MODES`. A `NormPolicy` decides, from its row, what sits at each place
+where BatchNorm would sit ("norm site"), which scalars surround the convolutions and end the
+residual branches, which convolution layer is used, and how branch and classifier weights are
+initialised; the builders ask it and never test a mode's name.
 """
 import dataclasses
 
 import keras
 
-from bnreg_tf import batchnorm, init
+import bnreg_tf.conv
+from bnreg_tf import batchnorm, init, nf
 from bnreg_tf.init import Seeds
 from bnreg_tf import layers as bl
 from bnreg_tf.heads import classifier_head
 from bnreg_tf.regularization import attach_kl
 
-NORM_MODES = ("batchnorm", "fixup", "fixup_standardize", "none", "single_bn", "fixup_single_bn")
-FIXUP_MODES = ("fixup", "fixup_standardize", "fixup_single_bn")
-SINGLE_BN_MODES = ("single_bn", "fixup_single_bn")
+
+@dataclasses.dataclass(frozen=True)
+class NormMode:
+    """What one norm mode puts into a ResNet.
+
+    sites: what sits at every norm site: "batchnorm", "fixup_bias" or "identity".
+    single_bn: one BN on the final feature map, before the average pool.
+    fixup: Fixup's scalars and init, with the last branch layer "zeros" (Fixup) or
+        "standardize" (He / sqrt(L), the paper's KL runs); "" = no Fixup.
+    skip_gain: a trainable scalar initialised to 0 at the end of every residual branch (SkipInit).
+    normalizer_free: NF-ResNet: scaled weight standardization, `x + alpha * f(x / beta)`, and
+        a pre-activation ResNet v1.
+    conv_bias: biases on the convolutions after the stem (on all of them when normalizer_free).
+    classifier: the classifier kernel's init: "glorot", "zeros" or "normal" (std 0.01).
+    """
+
+    sites: str = "identity"
+    single_bn: bool = False
+    fixup: str = ""
+    skip_gain: bool = False
+    normalizer_free: bool = False
+    conv_bias: bool = False
+    classifier: str = "glorot"
+
+
+MODES = {
+    "batchnorm": NormMode(sites="batchnorm"),
+    "fixup": NormMode(sites="fixup_bias", fixup="zeros", classifier="zeros"),
+    "fixup_standardize": NormMode(sites="fixup_bias", fixup="standardize", classifier="zeros"),
+    "none": NormMode(),
+    "single_bn": NormMode(single_bn=True),
+    "fixup_single_bn": NormMode(sites="fixup_bias", single_bn=True, fixup="zeros",
+                                classifier="zeros"),
+    "skipinit": NormMode(skip_gain=True, conv_bias=True, classifier="zeros"),
+    "nf_resnet": NormMode(skip_gain=True, normalizer_free=True, conv_bias=True,
+                          classifier="normal"),
+}
+NORM_MODES = tuple(MODES)
+FIXUP_MODES = tuple(name for name, row in MODES.items() if row.fixup)
+SINGLE_BN_MODES = tuple(name for name, row in MODES.items() if row.single_bn)
+CONV_ROLES = ("stem", "branch", "branch_last", "shortcut")
 
 
 @dataclasses.dataclass
@@ -29,6 +71,23 @@ class NormPolicy:
     - fixup_standardize: Fixup's structure, but the last branch layer is He / sqrt(L), not zero.
     - none / single_bn: no normalization, conventional He-normal(fan_out) init.
     - *single_bn: one BN on the final feature map, before the average pool.
+    - skipinit (De & Smith 2020, "SkipInit"; the reference is google-deepmind/deepmind-research
+      `nfnets/skipinit_resnet.py`): no normalization; a trainable scalar gain initialised to 0
+      at the end of every residual branch, so that every block starts as the identity (what BN
+      does approximately at init, the paper's argument); biases on every convolution but the
+      stem's, as the reference; He-normal(fan_out) branch init (the `none` mode's); a zero
+      classifier, as the reference (`fc_init=jnp.zeros`). ResNet v1 keeps its post-activation
+      blocks (`relu(x + gain * f(x))`, the identity at init on the non-negative stream).
+    - nf_resnet (Brock et al. 2021a, section 4; the reference is `nfnets/nf_resnet.py`): no
+      normalization; every convolution a `bnreg_tf.nf.ScaledStdConv2D` (with bias) whose gamma
+      is the activation's (1 for the stem, which reads the images); blocks
+      `x + alpha * gain * f(act(x) / beta)` with alpha = 0.2, beta the expected std of the
+      stream (`nf.StreamVariance`) and the projection shortcut reading `act(x) / beta`; `gain`
+      the SkipInit scalar initialised to 0, the reference's default (`skipinit_gain=jnp.zeros`;
+      timm's NF-ResNets leave it out); a classifier N(0, 0.01) with zero bias (the reference's
+      `fc_init`). NF-ResNets are pre-activation: in ResNet v1 the ReLU after each Add and after
+      the stem moves to the start of the next branch and before the final pool (`preactivation`),
+      which makes `resnet50` the reference's NF-ResNet-50.
     `kl` > 0 puts a `StandardizationKL` on the input of every norm site (`attach_kl`, the code
     `regularize` uses; named after the layer it measures, e.g. `stage1_block0_conv1_kl`). In
     the post-activation ResNet v1 these are the places `regularize` picks on the plain network
@@ -41,18 +100,26 @@ class NormPolicy:
     num_blocks: int
     layers_per_branch: int
     kl: float = 0.0
+    activation: str = "relu"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     seeds: Seeds = dataclasses.field(default_factory=lambda: Seeds(None))
 
     def __post_init__(self):
-        if self.mode not in NORM_MODES:
+        if self.mode not in MODES:
             raise ValueError(f"norm must be one of {', '.join(NORM_MODES)}; got {self.mode!r}")
         self.kl = bl.check_coefficient(self.kl, "standardization_kl")
+        self.row = MODES[self.mode]
+        self.stream = nf.StreamVariance(nf.ALPHA)
 
     @property
     def fixup(self):
-        return self.mode in FIXUP_MODES
+        return bool(self.row.fixup)
+
+    @property
+    def preactivation(self):
+        """Whether ResNet v1 is built with pre-activation blocks (NF-ResNet)."""
+        return self.row.normalizer_free
 
     def _kl(self, x):
         return attach_kl(x, self.kl)
@@ -71,15 +138,15 @@ class NormPolicy:
         `fixup_bias=False` where the Fixup reference has no bias (after a projection shortcut).
         """
         x = self._kl(x)
-        if self.mode == "batchnorm":
+        if self.row.sites == "batchnorm":
             return self._bn(x, name, zero_gamma)
-        if self.fixup and fixup_bias:
+        if self.row.sites == "fixup_bias" and fixup_bias:
             return bl.ScalarBias(name=f"{name}_bias")(x)
         return x
 
     def final_site(self, x, name, has_site):
         """The final feature map before the pool: the single BN, or a regular site if any."""
-        if self.mode in SINGLE_BN_MODES:
+        if self.row.single_bn:
             return self._bn(self._kl(x), name)
         return self.site(x, name) if has_site else x
 
@@ -87,14 +154,50 @@ class NormPolicy:
         """Fixup's scalar bias in front of a branch convolution."""
         return bl.ScalarBias(name=f"{name}_bias")(x) if self.fixup else x
 
+    def branch_input(self, x, name, projection):
+        """NF-ResNet's `1 / beta` on a block's activated input (read by the branch and by a
+        projection shortcut); `x` in the other modes. `projection`: whether this block's
+        shortcut is a convolution (which restarts the stream's variance at 1)."""
+        if not self.row.normalizer_free:
+            return x
+        beta = self.stream.next_beta(projection)
+        return nf.FixedScale(1.0 / beta, name=f"{name}_beta")(x)
+
     def branch_end(self, x, name):
-        """Fixup's scalar multiplier at the end of a residual branch."""
-        return bl.ScalarScale(name=f"{name}_scale")(x) if self.fixup else x
+        """The end of a residual branch: Fixup's multiplier (from 1); SkipInit's gain (from 0);
+        NF-ResNet's gain then alpha."""
+        if self.fixup:
+            x = bl.ScalarScale(name=f"{name}_scale")(x)
+        if self.row.skip_gain:
+            x = bl.ScalarScale(initial_value=0.0, name=f"{name}_gain")(x)
+        if self.row.normalizer_free:
+            x = nf.FixedScale(nf.ALPHA, name=f"{name}_alpha")(x)
+        return x
+
+    def conv(self, x, filters, kernel, stride, name, role):
+        """A convolution ("same" padding) in `role`: "stem" (reads the images), "branch",
+        "branch_last" (the last of a residual branch) or "shortcut" (a projection)."""
+        if role not in CONV_ROLES:
+            raise ValueError(f"conv role must be one of {', '.join(CONV_ROLES)}; got {role!r}")
+        if self.row.normalizer_free:
+            gamma = 1.0 if role == "stem" else nf.activation_gamma(self.activation)
+            return nf.ScaledStdConv2D(filters, kernel, gamma=gamma, strides=stride,
+                                      padding="same", kernel_initializer=nf.ws_initializer(
+                                          self.seeds()), name=name)(x)
+        if role in ("branch", "branch_last"):
+            initializer = self.conv_init(last_in_branch=role == "branch_last")
+        else:
+            initializer = self.plain_conv_init()
+        return bnreg_tf.conv.Conv2D(
+            filters, kernel, strides=stride, padding="same",
+            use_bias=self.row.conv_bias and role != "stem", kernel_initializer=initializer,
+            name=name,
+        )(x)
 
     def conv_init(self, last_in_branch=False):
         """Initializer of a residual-branch convolution."""
         seed = self.seeds()
-        if self.mode == "fixup_standardize" and last_in_branch:
+        if self.row.fixup == "standardize" and last_in_branch:
             return init.standardization_last_layer_initializer(self.num_blocks, seed=seed)
         if self.fixup and last_in_branch:
             return init.zero_initializer()
@@ -103,13 +206,17 @@ class NormPolicy:
         return init.he_normal_fan_out(seed)
 
     def plain_conv_init(self):
-        """Stem and projection-shortcut convolutions: He-normal(fan_out) in every mode."""
+        """Stem and projection-shortcut convolutions: He-normal(fan_out) (nf_resnet's convolutions
+        use `nf.ws_initializer`)."""
         return init.he_normal_fan_out(self.seeds())
 
     def classifier_init(self):
-        """Fixup zero-initialises the classifier (kernel and bias); others use Glorot uniform."""
-        if self.fixup:
+        """Fixup and SkipInit zero the classifier kernel (the bias is always zero); NF-ResNet
+        draws it from N(0, 0.01); the others use Glorot uniform."""
+        if self.row.classifier == "zeros":
             return init.zero_initializer()
+        if self.row.classifier == "normal":
+            return keras.initializers.RandomNormal(0.0, 0.01, seed=self.seeds())
         return keras.initializers.GlorotUniform(self.seeds())
 
     def head(self, embedding, num_classes):

@@ -4,7 +4,9 @@ Post-activation blocks (He et al. 2016), projection (1x1 conv) shortcuts when th
 changes, a 7x7/2 stem and a 3x3/2 max pool. ResNet-50 has 25,557,032 trainable parameters with
 BN and no conv biases. In the Fixup modes the blocks follow the Fixup reference's ImageNet
 bottleneck: biases before each conv and activation, a multiplier and bias ending the branch,
-the projection shortcut taking the biased block input.
+the projection shortcut taking the biased block input. In `nf_resnet` the blocks are
+pre-activation, `x + alpha * f(act(x) / beta)` with no ReLU after the Add or the stem and one
+before the pool: the reference's NF-ResNet (`resnet.norm.NormPolicy`).
 """
 import dataclasses
 import re
@@ -14,7 +16,6 @@ import keras
 from bnreg_tf.heads import with_head_penalties
 from bnreg_tf.init import Seeds
 from resnet.norm import NormPolicy, activation_layer
-from resnet.wide_resnet import conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,33 +59,41 @@ def residual_block(x, filters, stride, spec, policy, activation, name):
     kernels = (1, 3, 1) if spec.bottleneck else (3, 3)
     widths = (filters, filters, filters * 4) if spec.bottleneck else (filters, filters)
     strides = (1, stride, 1) if spec.bottleneck else (stride, 1)
-    block_input = policy.pre_conv(x, f"{name}_conv1")
+    projection = stride != 1 or x.shape[-1] != widths[-1]
+    block_input = x
+    if policy.preactivation:
+        block_input = activation_layer(activation, f"{name}_act0")(x)
+        block_input = policy.branch_input(block_input, name, projection)
+    block_input = policy.pre_conv(block_input, f"{name}_conv1")
     y = block_input
     for i, (kernel, width, step) in enumerate(zip(kernels, widths, strides), start=1):
         last = i == len(kernels)
         if i > 1:
             y = policy.pre_conv(y, f"{name}_conv{i}")
-        y = conv(y, width, kernel, step, policy.conv_init(last_in_branch=last), f"{name}_conv{i}")
+        y = policy.conv(y, width, kernel, step, f"{name}_conv{i}",
+                        "branch_last" if last else "branch")
         if last:
             y = policy.branch_end(y, f"{name}_branch")
         y = policy.site(y, f"{name}_site{i}", zero_gamma=last)
         if not last:
             y = activation_layer(activation, f"{name}_act{i}")(y)
-    if stride != 1 or x.shape[-1] != widths[-1]:
-        x = conv(block_input, widths[-1], 1, stride, policy.plain_conv_init(), f"{name}_shortcut")
+    if projection:
+        x = policy.conv(block_input, widths[-1], 1, stride, f"{name}_shortcut", "shortcut")
         x = policy.site(x, f"{name}_shortcut_site", fixup_bias=False)
     y = keras.layers.Add(name=f"{name}_add")([x, y])
-    return activation_layer(activation, f"{name}_out")(y)
+    return y if policy.preactivation else activation_layer(activation, f"{name}_out")(y)
 
 
 def build_resnet_v1(spec, *, num_classes, input_shape, norm, activation, dropout,
                     standardization_kl, embedding_l2, functional_l2, seed, name="resnet"):
     policy = NormPolicy(norm, num_blocks=sum(spec.stage_sizes),
                         layers_per_branch=spec.layers_per_branch, kl=standardization_kl,
-                        seeds=Seeds(seed))
+                        activation=activation, seeds=Seeds(seed))
     inputs = keras.Input(input_shape, name="images")
-    x = conv(inputs, spec.stem_width, 7, 2, policy.plain_conv_init(), "stem_conv")
-    x = activation_layer(activation, "stem_act")(policy.site(x, "stem_site"))
+    x = policy.conv(inputs, spec.stem_width, 7, 2, "stem_conv", "stem")
+    x = policy.site(x, "stem_site")
+    if not policy.preactivation:
+        x = activation_layer(activation, "stem_act")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for stage, (blocks, filters) in enumerate(zip(spec.stage_sizes, spec.widths), start=1):
         for block in range(blocks):
@@ -92,6 +101,8 @@ def build_resnet_v1(spec, *, num_classes, input_shape, norm, activation, dropout
             x = residual_block(x, filters, stride, spec, policy, activation,
                                f"stage{stage}_block{block}")
     x = policy.final_site(x, "final", has_site=False)
+    if policy.preactivation:
+        x = activation_layer(activation, "final_act")(x)
     embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = policy.head(embedding, num_classes)
     model = keras.Model(inputs, outputs, name=f"{name}_{norm}")

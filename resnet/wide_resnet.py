@@ -4,13 +4,13 @@ WRN-d-k has 3 groups of n = (d - 4) / 6 blocks of widths 16k, 32k, 64k (strides 
 a 3x3 stem of 16 channels. The paper trains WRN-28-10 on CIFAR-10 and SVHN (section 4.1).
 Shortcuts keep the WRN's 1x1 projection in every norm mode, so that the ablation changes the
 normalization only (Fixup's CIFAR ResNets use a zero-padded average-pool shortcut instead).
+The WRN is pre-activation, the form SkipInit and NF-ResNets are defined in (`resnet.norm`).
 """
 import dataclasses
 import re
 
 import keras
 
-import bnreg_tf.conv
 from bnreg_tf.heads import with_head_penalties
 from bnreg_tf.init import Seeds
 from resnet.norm import NormPolicy, activation_layer
@@ -41,24 +41,19 @@ def parse_wrn(name):
     return WideResNetSpec(depth, width)
 
 
-def conv(x, filters, kernel, stride, initializer, name):
-    return bnreg_tf.conv.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False,
-        kernel_initializer=initializer, name=name,
-    )(x)
-
-
 def wide_block(x, filters, stride, policy, activation, name):
     """Pre-activation basic block: site-act-conv3x3-site-act-conv3x3 (+ shortcut)."""
+    projection = stride != 1 or x.shape[-1] != filters
     pre = activation_layer(activation, f"{name}_act1")(policy.site(x, f"{name}_site1"))
+    pre = policy.branch_input(pre, name, projection)
     pre = policy.pre_conv(pre, f"{name}_conv1")
-    y = conv(pre, filters, 3, stride, policy.conv_init(), f"{name}_conv1")
+    y = policy.conv(pre, filters, 3, stride, f"{name}_conv1", "branch")
     y = activation_layer(activation, f"{name}_act2")(policy.site(y, f"{name}_site2"))
     y = policy.pre_conv(y, f"{name}_conv2")
-    y = conv(y, filters, 3, 1, policy.conv_init(last_in_branch=True), f"{name}_conv2")
+    y = policy.conv(y, filters, 3, 1, f"{name}_conv2", "branch_last")
     y = policy.branch_end(y, f"{name}_branch")
-    if stride != 1 or x.shape[-1] != filters:
-        x = conv(pre, filters, 1, stride, policy.plain_conv_init(), f"{name}_shortcut")
+    if projection:
+        x = policy.conv(pre, filters, 1, stride, f"{name}_shortcut", "shortcut")
     return keras.layers.Add(name=f"{name}_add")([x, y])
 
 
@@ -66,9 +61,9 @@ def build_wide_resnet(spec, *, num_classes, input_shape, norm, activation, dropo
                       standardization_kl, embedding_l2, functional_l2, seed):
     n = spec.blocks_per_group
     policy = NormPolicy(norm, num_blocks=3 * n, layers_per_branch=2, kl=standardization_kl,
-                        seeds=Seeds(seed))
+                        activation=activation, seeds=Seeds(seed))
     inputs = keras.Input(input_shape, name="images")
-    x = conv(inputs, 16, 3, 1, policy.plain_conv_init(), "stem_conv")
+    x = policy.conv(inputs, 16, 3, 1, "stem_conv", "stem")
     for group, (filters, stride) in enumerate(zip(spec.widths, (1, 2, 2)), start=1):
         for block in range(n):
             x = wide_block(x, filters, stride if block == 0 else 1, policy, activation,

@@ -189,6 +189,7 @@ BAD_FLAGS = [
     (["bnreg_tf.cli.train", "--epochs=two"], "bnreg-train: error: flag --epochs="),
     (["bnreg_tf.cli.train", "--bogus=1"], "bnreg-train: error: Unknown command line flag 'bogus'"),
     (["bnreg_tf.cli.train", "--learning_rate=0.2"], "bnreg-train: error: --model_dir="),
+    (["bnreg_tf.cli.train", "--agc=-0.01"], "bnreg-train: error: --agc"),
     (["bnreg_tf.cli.train", "--dataset=imagenet2012", "--model=resnet18", "--data_dir={empty}",
       "--model_dir={fresh}"], "bnreg-train: error: --dataset=imagenet2012"),
     (["bnreg_tf.cli.train", "--strategy=tpu", "--model_dir={fresh}"],

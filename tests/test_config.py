@@ -93,6 +93,9 @@ BAD = [
     (dict(dropout=1.0), "--dropout"),
     (dict(dropout=-1.0), "--dropout"),                       # reference rate: EfficientNet only
     (dict(standardization_kl=0.1), "--standardization_kl"),  # needs fixup_standardize
+    (dict(norm="skipinit", standardization_kl=0.1), "--standardization_kl"),
+    (dict(norm="nf_resnet", standardization_kl=0.1), "--standardization_kl"),
+    (dict(agc=-0.01), "--agc"),
     (dict(ema_decay=0.99), "--ema_decay"),                   # needs rmsprop_reference
     (dict(schedule="linear"), "--schedule"),
     (dict(schedule="goyal", decay_epochs="60,30"), "--decay_epochs"),

@@ -25,12 +25,18 @@ def group_count(model, group):
 # Fixup scalars: WRN pre-activation block = 4 biases (before 2 activations, 2 convs) + 1 scale;
 # bottleneck = 3 biases before convs + 3 at the norm sites + 1 scale (the Fixup reference's
 # bias1a..bias3b, scale); plus the stem or final site bias and the bias before the classifier.
-@pytest.mark.parametrize("name,num_classes,published,blocks,scalars_per_block,width", [
-    ("wrn28_10", 10, 36_479_194, 12, 5, 640),  # Zagoruyko & Komodakis, with BN
-    ("resnet50", 1000, 25_557_032, 16, 7, 2048),  # torchvision/Goyal: no conv bias, BN trainable
-])
+# Convolution output channels, from the architecture: WRN-28-10 = stem 16 + 4 blocks x 2 convs
+# x (160 + 320 + 640) + one projection per group (160 + 320 + 640) = 10,096; ResNet-50 = stem 64
+# + blocks x (w + w + 4w) + one projection per stage (4w) = 26,560, which is also its number of
+# BN channels (a BN after every conv). SkipInit adds a bias to every conv but the stem's and a
+# gain per block; NF-ResNet a bias and a WS gain per channel of every conv and a gain per block.
+@pytest.mark.parametrize(
+    "name,num_classes,published,blocks,scalars_per_block,width,conv_channels,stem", [
+        ("wrn28_10", 10, 36_479_194, 12, 5, 640, 10_096, 16),  # Zagoruyko & Komodakis, with BN
+        ("resnet50", 1000, 25_557_032, 16, 7, 2048, 26_560, 64),  # torchvision/Goyal: no conv
+    ])                                                             # bias, BN trainable
 def test_parameter_counts_in_every_mode(name, num_classes, published, blocks,
-                                        scalars_per_block, width):
+                                        scalars_per_block, width, conv_channels, stem):
     counts = {norm: resnet.build_model(name, num_classes=num_classes, norm=norm)
               for norm in resnet.NORM_MODES}
     bn_model = counts["batchnorm"]
@@ -45,7 +51,12 @@ def test_parameter_counts_in_every_mode(name, num_classes, published, blocks,
         "single_bn": without_bn + 2 * width,
         "fixup_single_bn": without_bn + fixup_scalars + 2 * width
         - (1 if name.startswith("wrn") else 0),  # the single BN replaces WRN's final-site bias
+        "skipinit": without_bn + (conv_channels - stem) + blocks,
+        "nf_resnet": without_bn + 2 * conv_channels + blocks,
     }
+    assert set(expected) == set(resnet.NORM_MODES)
+    if name == "resnet50":
+        assert group_count(bn_model, "batchnorm") == 2 * conv_channels
     for norm, model in counts.items():
         assert trainable_count(model) == expected[norm], norm
         assert model.output["embedding"].shape[-1] == width

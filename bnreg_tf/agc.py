@@ -1,0 +1,71 @@
+"""Adaptive gradient clipping, unit-wise (AGC; Brock, De, Smith & Simonyan 2021b, section 4).
+
+Each output unit's gradient is rescaled so that its norm is at most `clipping` times the norm of
+that unit's weights (floored at `eps`, so zero-initialised weights can still move):
+
+    g_i <- g_i                                           if ||g_i|| < clipping * max(||w_i||, eps)
+    g_i <- g_i * clipping * max(||w_i||, eps) / max(||g_i||, 1e-6)     otherwise
+
+as the reference (google-deepmind/deepmind-research `nfnets/agc_optax.py`, whose `1e-6` floor
+on ||g_i|| only guards the division). A unit is one slice along the last axis of a kernel of
+rank >= 2, with the norm taken over all other axes (Keras' Conv [kh, kw, C_in, C_out] and Dense
+[in, out] layouts: the reference's HWIO / IO rule); a tensor with at most one axis longer than
+1 (a bias, a gain vector, a scalar) is one unit.
+
+The paper clips every parameter but the final linear classifier's (section 4);
+`bnreg_tf.training.Classifier(agc=...)` does so on the all-reduced gradient of the global
+batch, since the clipping is not linear.
+"""
+import tensorflow as tf
+
+GRADIENT_FLOOR = 1e-6
+
+
+def unitwise_norm(x):
+    """Norms of the output units of `x`, broadcastable against `x` (module docstring)."""
+    x = tf.convert_to_tensor(x)
+    if sum(int(d) > 1 for d in x.shape) <= 1:
+        return tf.norm(tf.reshape(x, [-1]))
+    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=list(range(len(x.shape) - 1)),
+                                 keepdims=True))
+
+
+def clip_gradient(gradient, weight, clipping=0.01, eps=1e-3):
+    """One variable's gradient, clipped unit-wise against `weight` (float32 arithmetic)."""
+    dtype = gradient.dtype
+    gradient = tf.cast(gradient, tf.float32)
+    weight = tf.cast(weight, tf.float32)
+    max_norm = clipping * tf.maximum(unitwise_norm(weight), eps)
+    grad_norm = unitwise_norm(gradient)
+    clipped = gradient * (max_norm / tf.maximum(grad_norm, GRADIENT_FLOOR))
+    return tf.cast(tf.where(grad_norm < max_norm, gradient, clipped), dtype)
+
+
+def clip_gradients(gradients, variables, clipping=0.01, eps=1e-3):
+    """`gradients` (one per variable, None kept as None) clipped unit-wise against `variables`."""
+    if clipping <= 0:
+        raise ValueError(f"clipping must be > 0, got {clipping!r}")
+    return [None if g is None else clip_gradient(g, v, clipping, eps)
+            for g, v in zip(gradients, variables)]
+
+
+def _already_reduced(grads_and_vars):
+    return list(grads_and_vars)
+
+
+def take_over_all_reduce(optimizer):
+    """Makes `optimizer` apply the gradients it is given without all-reducing them first.
+
+    Keras 3's TensorFlow optimizer sums the gradients over the replicas inside `apply`
+    (`TFOptimizer._backend_update_step` -> `_all_reduce_sum_gradients`), after any clipping it
+    does itself, so every clipping there sees one replica's share of the batch. AGC must see
+    the global batch's gradient: the training step all-reduces, clips, and the optimizer
+    (the inner one of a LossScaleOptimizer) takes the result as it is. Checked on Keras 3.15.1;
+    `tests/test_normalizer_free.py` compares a MirroredStrategy step with the one-device one.
+    """
+    targets = [optimizer, getattr(optimizer, "inner_optimizer", optimizer)]
+    for target in targets:
+        if not hasattr(target, "_all_reduce_sum_gradients"):
+            raise TypeError(f"AGC needs Keras' TensorFlow optimizer (with an all-reduce step to "
+                            f"take over); got {type(target).__name__}")
+        target._all_reduce_sum_gradients = _already_reduced

@@ -231,3 +231,30 @@ def test_study_measures_once_per_norm_mode_and_reuses_the_file(tmp_path, monkeyp
     with open(path) as f:
         assert list(json.load(f)["modes"]) == ["batchnorm", "fixup", "fixup_standardize",
                                                "single_bn"]
+
+
+def test_a_failed_measurement_is_one_line_and_the_report_says_so(tmp_path, monkeypatch):
+    out = str(tmp_path / "study")
+    grid = study.make_study("default", {"epochs": 1}, ["batchnorm"], ["0"], output_dir=out)
+
+    def broken(*_):
+        raise RuntimeError("no memory left\nsecond line")
+
+    monkeypatch.setattr(study, "_measure_signal_propagation", broken)
+    lines = []
+    records = study.collect(grid, log=lines.append)
+    assert lines == ["bnreg-study: signal propagation not measured: RuntimeError: no memory left"]
+    report.write_report(records, out, "# test", grid)
+    text = open(os.path.join(out, "report.md")).read()
+    assert f"## {report.SPP_TITLE}\n\nNot measured" in text
+    assert not os.path.exists(os.path.join(out, "signal_propagation.png"))
+
+
+def test_efficientnet_studies_have_no_signal_propagation_plot(tmp_path):
+    grid = study.make_study("paper_imagenet_efficientnet_b8", {}, ["batchnorm"], ["0"],
+                            output_dir=str(tmp_path))
+    lines = []
+    assert study.signal_propagation(grid, log=lines.append) is None
+    assert lines == ["bnreg-study: no signal propagation plot for efficientnet_b8 (measured for "
+                     "the ResNet/WRN families only)"]
+    assert not os.path.exists(os.path.join(str(tmp_path), study.SIGNAL_PROPAGATION_FILE))

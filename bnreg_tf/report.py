@@ -509,16 +509,17 @@ def figure_signal_propagation(curves_by_mode, path):
                     if np.isfinite(row[key]) and row[key] > 0]
         floor = min(positive) / 3 if positive else 1e-12
         for mode, name, rows in lines:
-            color = colors(modes.index(mode) % 10)
+            index = modes.index(mode)
             label, style = SPP_INPUTS.get(name, (name, "-"))
             depth = np.array([row["depth"] for row in rows])
             values = np.array([row[key] for row in rows], float)
             axis.plot(depth, np.where(values == 0, floor, values), style,
-                      marker=markers[modes.index(mode) % len(markers)], markersize=4, color=color,
-                      fillstyle="none" if style == "--" else "full", label=f"{mode}, {label}" if label else mode)
+                      marker=markers[index % len(markers)], markersize=4,
+                      color=colors(index % 10), fillstyle="none" if style == "--" else "full",
+                      label=f"{mode}, {label}" if label else mode)
             zeros = values == 0
             if zeros.any():
-                axis.plot(depth[zeros], np.full(zeros.sum(), floor), "v", color=color,
+                axis.plot(depth[zeros], np.full(zeros.sum(), floor), "v", color=colors(index % 10),
                           markersize=7)
         axis.set_yscale("log")
         axis.set_ylim(bottom=floor * 0.8)

@@ -258,3 +258,22 @@ def test_efficientnet_studies_have_no_signal_propagation_plot(tmp_path):
     assert lines == ["bnreg-study: no signal propagation plot for efficientnet_b8 (measured for "
                      "the ResNet/WRN families only)"]
     assert not os.path.exists(os.path.join(str(tmp_path), study.SIGNAL_PROPAGATION_FILE))
+
+
+def test_any_functional_model_efficientnet_variance_grows_by_one_per_bn_block():
+    """On EfficientNet-B0 (MBConv: skips only inside a stage, BatchNorm ending every branch) the
+    blocks are the 9 identity skips, and with batch statistics every branch adds a unit-variance
+    signal: the variance grows by about 1 per block within a stage and restarts at the next
+    stage's first (skip-less) block, the BN picture of the paper's section 2."""
+    import efficientnet
+
+    model = efficientnet.build_model("b0", num_classes=10, input_shape=(32, 32, 3), seed=0)
+    monitor = SignalPropagation(model, gaussian_probe((32, 32, 3), 8))
+    rows = monitor.measure()
+    names = ["2b", "3b", "4b", "4c", "5b", "5c", "6b", "6c", "6d"]
+    assert [(r["name"], r["branch"]) for r in rows] == \
+        [(f"block{n}_add", f"block{n}_drop") for n in names]
+    assert all(block.identity for block in monitor.blocks)
+    np.testing.assert_allclose([r["branch_variance"] for r in rows], 1.0, atol=0.01)
+    np.testing.assert_allclose([r["variance"] for r in rows], [2, 2, 2, 3, 2, 3, 2, 3, 4],
+                               atol=0.2)

@@ -1,8 +1,9 @@
 """bnreg_tf: the mechanisms of "Deconstructing the Regularization of BatchNorm" (ICLR 2021).
 
 Penalties (`penalties`, `layers`), Fixup initializers (`init`), `regularize` for any Keras
-functional or Sequential classifier, and the norm diagnostics (`NormMonitor`); the trainer, data
-and binaries of the paper's experiments (`trainer`, `data`, `cli`).
+functional or Sequential classifier, and the norm diagnostics (`NormMonitor`, and
+`SignalPropagation` at initialisation); the trainer, data and binaries of the paper's
+experiments (`trainer`, `data`, `cli`).
 
 Names load on first use (PEP 562), so `import bnreg_tf.config` does not import TensorFlow.
 Keras still finds bnreg's layers, schedules and optimizer when loading a `.keras` file after only
@@ -17,6 +18,7 @@ import sys
 
 _ATTRIBUTES = {
     "NormMonitor": "bnreg_tf.diagnostics",
+    "SignalPropagation": "bnreg_tf.diagnostics",
     "choose_jit_compile": "bnreg_tf.strategies",
     "make_strategy": "bnreg_tf.strategies",
     "regularize": "bnreg_tf.regularization",

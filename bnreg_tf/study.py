@@ -24,6 +24,8 @@ CIFAR-10 (tuning runs are not exported or scored on test). Runs live in
 - `shard=(I, N)` takes every N-th run from the I-th of each phase: N processes (one per GPU, or an
   array job) split the grid, and `collect` merges their results. Phase 2 is planned by whichever
   process finds phase 1 complete; a shard that finds it incomplete stops after its share.
+The signal propagation plots at initialisation (Brock et al. 2021a) are measured once per norm
+mode, not per run, into `<output_dir>/signal_propagation.json` (`signal_propagation`).
 """
 import dataclasses
 import json
@@ -556,9 +558,15 @@ def run_study(study, strategy, shard=(0, 1), rerun_changed=False, log=print):
     for the rest. Under the paper protocol phase 2 follows in the same call once phase 1 is
     complete (all shards' tuning runs finished); until then `final_runs` is None and the caller
     says so. SIGTERM/SIGINT stop after the current run's checkpoint (`preemption.Preempted`).
+    The chief of shard 0 first measures the signal propagation plots (`signal_propagation`)
+    unless the output dir holds them.
     """
+    from bnreg_tf.strategies import is_chief
+
     check_reuse(study, rerun_changed)
     runs = list(study.runs)
+    if shard[0] == 0 and is_chief(strategy):
+        _try_signal_propagation(study, log)
     with preemption.stop_signals(strategy):
         records = _run_phase(runs, study, strategy, shard, rerun_changed, log)
         if study.protocol == "paper":
@@ -571,10 +579,12 @@ def run_study(study, strategy, shard=(0, 1), rerun_changed=False, log=print):
     return records
 
 
-def collect(study):
+def collect(study, log=print):
     """The records of every run of `study` that its output dir holds ("pending" for the rest);
-    phase 2's once phase 1 is complete."""
+    phase 2's once phase 1 is complete. Measures the signal propagation plots if the output dir
+    lacks them (`signal_propagation`)."""
     check_reuse(study)
+    _try_signal_propagation(study, log)
     records = [_others(spec) for spec in study.runs]
     for record in records:
         record.pop("skipped", None)
@@ -628,3 +638,107 @@ def _curves(model_dir, results):
         "output_norm_sq": [initial.get("probe_output_norm_sq")] +
                           [float(r["probe_output_norm_sq"]) for r in rows],
     }
+
+
+SIGNAL_PROPAGATION_FILE = "signal_propagation.json"
+SIGNAL_PROPAGATION_EXAMPLES = 64   # images per probe (BatchNorm normalises with their statistics)
+
+
+def study_norm_modes(study):
+    """The norm modes of the study's variants, in variant order, each once."""
+    return list(dict.fromkeys(VARIANTS[v]["changes"].get("norm", study.base.norm)
+                              for v in study.variants))
+
+
+def _signal_propagation_key(study):
+    base = study.base
+    return {"model": base.model, "dataset": base.dataset, "data_dir": base.data_dir,
+            "image_size": base.image_size, "activation": base.activation,
+            "seed": study.seeds[0], "examples": SIGNAL_PROPAGATION_EXAMPLES}
+
+
+def _stored_modes(study):
+    """`{mode: {input: rows}}` of `signal_propagation.json` if it was measured for this study's
+    model, data, image size, activation, first seed and probe size; else (or unreadable) {}."""
+    try:
+        with open(os.path.join(study.output_dir, SIGNAL_PROPAGATION_FILE)) as f:
+            stored = json.load(f)
+        return dict(stored["modes"]) if stored["key"] == _signal_propagation_key(study) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def read_signal_propagation(study):
+    """The stored signal propagation statistics of the study's norm modes, `{mode: {input:
+    rows}}`, or None while `signal_propagation.json` lacks one of them."""
+    stored, modes = _stored_modes(study), study_norm_modes(study)
+    return {mode: stored[mode] for mode in modes} if all(m in stored for m in modes) else None
+
+
+def _measure_signal_propagation(study, modes):
+    """`{mode: {"gaussian": rows, "data": rows}}` for `modes`, built as the runs build their
+    network (the study's first seed) and probed with the paper's N(0, 1) batch and with the
+    same number of the study's evaluation images (`SignalPropagation`)."""
+    import keras
+
+    from bnreg_tf.data import catalog, pipeline
+    from bnreg_tf.diagnostics import SignalPropagation, gaussian_probe
+    from bnreg_tf.models import build_network, native_image_size
+
+    config = study.base.replace(seed=study.seeds[0], model_dir="", standardization_kl=0.0,
+                                embedding_l2=0.0, functional_l2=0.0, dropout=0.0)
+    spec, splits = catalog.plan_for(config)
+    image_size = native_image_size(config, spec)
+    preprocessing = pipeline.preprocessing_for(config, image_size, spec, splits)
+    images = next(iter(pipeline.eval_dataset(
+        config, preprocessing, splits.validation or splits.test, SIGNAL_PROPAGATION_EXAMPLES,
+        limit=SIGNAL_PROPAGATION_EXAMPLES)))[0].numpy()
+    probes = {"gaussian": gaussian_probe(images.shape[1:], len(images)), "data": images}
+    measured = {}
+    for mode in modes:
+        keras.utils.set_random_seed(config.seed)   # as trainer.build_run, before the network
+        network = build_network(config.replace(norm=mode), spec, image_size)
+        measured[mode] = {name: SignalPropagation(network, probe).measure()
+                          for name, probe in probes.items()}
+        keras.backend.clear_session()
+    return measured
+
+
+def signal_propagation(study, log=print):
+    """The study's signal propagation plots at initialisation (Brock et al. 2021a, section 2),
+    once per norm mode of its variants, not per run: `{mode: {"gaussian": rows, "data": rows}}`
+    (rows: `SignalPropagation.measure()`'s), or None for EfficientNet studies.
+
+    Kept in `<output_dir>/signal_propagation.json` (written atomically) and read back from there:
+    a repeated invocation or `--report_only` measures only what the file lacks (a mode of a
+    variant added since; everything when the model, data, image size, activation or first
+    seed changed). The report draws it (`report.figure_signal_propagation`).
+    """
+    if study.base.family != "resnet":
+        log(f"bnreg-study: no signal propagation plot for {study.base.model} (measured for the "
+            "ResNet/WRN families only)")
+        return None
+    kept = _stored_modes(study)
+    missing = [mode for mode in study_norm_modes(study) if mode not in kept]
+    if missing:
+        start = time.time()
+        kept.update(_measure_signal_propagation(study, missing))
+        path = os.path.join(study.output_dir, SIGNAL_PROPAGATION_FILE)
+        os.makedirs(study.output_dir, exist_ok=True)
+        rundir.write_atomically(path, json.dumps(
+            {"key": _signal_propagation_key(study), "modes": kept}, indent=1) + "\n")
+        log(f"bnreg-study: signal propagation at initialisation of {', '.join(missing)} in "
+            f"{path} ({time.time() - start:.1f} s)")
+    return {mode: kept[mode] for mode in study_norm_modes(study)}
+
+
+def _try_signal_propagation(study, log):
+    """`signal_propagation`, whose failure is logged in one line: the runs and the report come
+    first (the report then says the plots are missing)."""
+    try:
+        signal_propagation(study, log)
+    except preemption.Preempted:
+        raise
+    except Exception as error:  # noqa: BLE001 - a diagnostic must not stop the study
+        log(f"bnreg-study: signal propagation not measured: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}")

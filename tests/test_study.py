@@ -68,6 +68,10 @@ def test_coefficient_sweep_draws_figure_3(tmp_path):
     assert _is_png(os.path.join(out, "coefficients.png"))
     text = open(os.path.join(out, "report.md")).read()
     assert "![Figure 3: against the coefficient](coefficients.png)" in text
+    # The study measured the signal propagation plots of its one norm mode (fixup) once.
+    assert "bnreg-study: signal propagation at initialisation of fixup in" in result.stdout
+    assert f"![{report.SPP_TITLE}](signal_propagation.png)" in text
+    assert _is_png(os.path.join(out, "signal_propagation.png"))
     assert "| fixup_el2 | 0.1 | 1 |" in text and "| fixup_el2 | 1 | 1 |" in text
 
 

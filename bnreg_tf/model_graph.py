@@ -18,6 +18,7 @@ from keras.src.models.functional import Functional
 from keras.src.ops.numpy import Add as AddOp
 
 from bnreg_tf import layers as bl
+from bnreg_tf import nf
 
 CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 KL_TYPES = (*CONV_TYPES, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
@@ -269,10 +270,15 @@ def kl_sites(model, classifier):
             and (activation_name(node.operation) != "linear" or feeds_activation(node.outputs[0]))]
 
 
+# Scalar multipliers at the end of a residual branch (see `residual_blocks`).
+BRANCH_SCALES = (bl.ScalarScale, nf.FixedScale)
+
+
 @dataclasses.dataclass(frozen=True)
 class ResidualBlock:
     """One residual block of a flat functional model: its two-input addition `add` (a node),
-    the `skip` and `branch` inputs of the addition, and the block's `output` tensor."""
+    the `skip` input of the addition, the `branch` output before its trailing scalar
+    multipliers, and the block's `output` tensor."""
 
     add: object
     skip: object
@@ -295,6 +301,10 @@ def residual_blocks(model):
     tensor), the one fewer layers from the model's input, i.e. the shorter path (a 1x1
     convolution against the branch's stack of layers). Raises ValueError where the two are
     equally far.
+
+    The branch is measured before its trailing scalar multipliers (Fixup's scale, SkipInit's and
+    NF-ResNet's zero-initialised gains, NF-ResNet's alpha): the residual branch's own output, as
+    Brock et al. 2021a plot its variance (section 2), not the product a zero gain makes 0.
 
     The block's output is the sum, except in post-activation networks (ResNet v1, He et al.
     2016: `relu(x + f(x))`), recognised by identity skips that start at an activation of an
@@ -342,6 +352,15 @@ def residual_blocks(model):
         return node is not None and is_activation(node.operation) and \
             len(node.input_tensors) == 1 and id(node.input_tensors[0]) in sums
 
+    def before_scales(tensor):
+        node = node_of.get(id(tensor))
+        while node is not None and isinstance(node.operation, BRANCH_SCALES):
+            tensor = node.input_tensors[0]
+            node = node_of.get(id(tensor))
+        return tensor
+
+    found = [(node, skip, before_scales(branch), identity)
+             for node, skip, branch, identity in found]
     post_activation = any(identity and activation_of_sum(skip) for _, skip, _, identity in found)
     blocks = []
     for node, skip, branch, identity in found:

@@ -354,6 +354,7 @@ def coefficient_points(records):
     runs, metric = (tune, "val_accuracy") if tune else \
         ([r for r in reported(records) if r["status"] == "ok"], "test_accuracy")
     rows = []
+    runs = [r for r in runs if r.get("coefficient_field") != "agc"]   # penalties only
     for (variant, coefficient, rate), group in _groups(runs).items():
         if not coefficient and variant != "batchnorm":
             continue

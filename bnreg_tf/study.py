@@ -55,6 +55,14 @@ VARIANTS = {
     "el2": dict(changes={}, coefficient="embedding_l2"),
     "fl2": dict(changes={}, coefficient="functional_l2"),
     "dropout": dict(changes={}, coefficient="dropout"),
+    # Beyond the paper: the normalizer-free lineage (issue 18; resnet/norm.py MODES).
+    # SkipInit (De & Smith 2020), NF-ResNet (Brock et al. 2021a), and NF-ResNet with adaptive
+    # gradient clipping (Brock et al. 2021b), whose coefficient is AGC's clipping threshold.
+    "skipinit": dict(changes=dict(norm="skipinit"), coefficient=None),
+    "skipinit_el2": dict(changes=dict(norm="skipinit"), coefficient="embedding_l2"),
+    "nf_resnet": dict(changes=dict(norm="nf_resnet"), coefficient=None),
+    "nf_resnet_agc": dict(changes=dict(norm="nf_resnet"), coefficient="agc"),
+    "nf_resnet_el2": dict(changes=dict(norm="nf_resnet"), coefficient="embedding_l2"),
 }
 
 
@@ -84,6 +92,9 @@ PROTOCOLS = {
              "setting on the full training split with every seed and scores it on the test split",
 }
 PENALTY_FIELDS = ("standardization_kl", "embedding_l2", "functional_l2", "dropout")
+# Config fields a variant's coefficient can set: the penalties and AGC's clipping threshold.
+# A run gets only its own variant's (the others are 0: off).
+COEFFICIENT_FIELDS = PENALTY_FIELDS + ("agc",)
 PAPER_VARIANTS = ("batchnorm", "fixup", "fixup_kl", "fixup_el2", "fixup_fl2", "single_bn",
                   "single_bn_fixup", "fixup_dropout")
 # The paper's grids: EL2/FL2 0.1..1.0 in steps of 0.1, KL 1e-7..1e-5 on a log scale (section 4);
@@ -98,6 +109,15 @@ STUDY_PRESETS = {
     "default": StudyPreset("digits", PAPER_VARIANTS, (0, 1, 2),
                            dict(standardization_kl=(0.01,), embedding_l2=(0.05, 0.5, 5.0),
                                 functional_l2=(0.05, 0.5, 5.0), dropout=(0.5,))),
+    # Beyond the paper (issue 18): the normalizer-free lineage beside BatchNorm, Fixup and
+    # Fixup + EL2 on the default study's data and budget (27 runs vs its 36). EL2 0.05, the
+    # default study's best EL2 on digits; AGC 0.32 keeps NFNets' product of learning rate and
+    # clipping (1.6 x 0.01 at batch 4096) at digits' learning rate 0.05, and 1.0 is the value
+    # that did not cost accuracy in a single-seed probe (BUILD_NOTES "Issue 18").
+    "beyond": StudyPreset("digits", ("batchnorm", "fixup", "fixup_el2", "skipinit",
+                                     "skipinit_el2", "nf_resnet", "nf_resnet_agc",
+                                     "nf_resnet_el2"), (0, 1, 2),
+                          dict(embedding_l2=(0.05,), agc=(0.32, 1.0))),
     # The paper's protocol and grids: median of 10 seeds on CIFAR-10/SVHN, learning rates 0.1
     # and 0.2 tuned on CIFAR-10 (the two the paper names); SVHN keeps its preset's 0.1 (assumed).
     "paper_cifar10": StudyPreset("wrn28_10_cifar10", PAPER_VARIANTS, tuple(range(10)),
@@ -138,7 +158,7 @@ def _run_name(phase, variant, coefficient, learning_rate, seed, name_rate):
 def _spec(base, variant, coefficient, learning_rate, seed, phase, output_dir, name_rate):
     field = VARIANTS[variant]["coefficient"]
     # Each variant adds its one mechanism: the other penalties (and Dropout) are off.
-    changes = {name: 0.0 for name in PENALTY_FIELDS if name != field}
+    changes = {name: 0.0 for name in COEFFICIENT_FIELDS if name != field}
     changes.update(VARIANTS[variant]["changes"])
     name = _run_name(phase, variant, coefficient, learning_rate, seed, name_rate)
     changes.update(seed=seed, learning_rate=learning_rate,
@@ -268,7 +288,7 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
     if sweep and not used:
         raise ConfigError(f"--coefficients: none of the variants {', '.join(variants)} has a "
                           "coefficient to sweep")
-    for field in PENALTY_FIELDS:
+    for field in COEFFICIENT_FIELDS:
         if field in given and field not in used and given[field]:
             users = [v for v, d in VARIANTS.items() if d["coefficient"] == field]
             raise ConfigError(f"--{field}={given[field]:g}: no chosen variant uses it (it is the "
@@ -444,7 +464,9 @@ def _record(spec):
 
     config = spec.config
     return {"run": spec.name, "phase": spec.phase, "variant": spec.variant, "seed": spec.seed,
-            "coefficient": spec.coefficient, "learning_rate": config.learning_rate,
+            "coefficient": spec.coefficient,
+            "coefficient_field": VARIANTS[spec.variant]["coefficient"] or "",
+            "learning_rate": config.learning_rate,
             "holdout": config.holdout,
             "train_examples": catalog.split_plan(config.dataset, config.holdout,
                                                  config.data_dir)[2],

@@ -137,8 +137,10 @@ def test_models_without_residual_blocks_are_refused():
         SignalPropagation(plain, np.ones((2, 3, 3, 2), np.float32))
 
 
-@pytest.mark.parametrize("norm,branch_end", [("batchnorm", "conv2"), ("fixup", "branch_scale")])
-def test_finds_the_wide_resnet_blocks(norm, branch_end):
+@pytest.mark.parametrize("norm", ["batchnorm", "fixup", "skipinit", "nf_resnet"])
+def test_finds_the_wide_resnet_blocks(norm):
+    """The branch is measured before Fixup's scale and the zero-initialised SkipInit/NF gains."""
+    branch_end = "conv2"
     model = resnet.build_model("wrn10_1", num_classes=10, input_shape=(8, 8, 1), norm=norm,
                                seed=0)
     monitor = SignalPropagation(model, gaussian_probe((8, 8, 1), 8))
@@ -153,6 +155,8 @@ def test_finds_the_wide_resnet_blocks(norm, branch_end):
         assert [r["branch_variance"] for r in rows] == [0.0, 0.0, 0.0]
     else:
         assert all(r["branch_variance"] > 0 for r in rows)
+    if norm == "nf_resnet":   # scaled WS keeps the branch near unit variance (Brock et al. 2021a)
+        assert all(0.25 < r["branch_variance"] < 4 for r in rows)
 
 
 def test_finds_the_resnet18_blocks():

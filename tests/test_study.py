@@ -75,6 +75,37 @@ def test_coefficient_sweep_draws_figure_3(tmp_path):
     assert "| fixup_el2 | 0.1 | 1 |" in text and "| fixup_el2 | 1 | 1 |" in text
 
 
+def test_beyond_study_runs_the_normalizer_free_lineage_end_to_end(tmp_path):
+    """Issue 18: the `beyond` preset's variants (one seed, one short epoch), their rows in the
+    report, AGC's two thresholds kept out of Figure 3, and every norm mode's SPP curves."""
+    out = str(tmp_path / "beyond")
+    result = study(out, "--preset=beyond", "--seeds=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(out, "results.json")) as f:
+        records = json.load(f)
+    assert [(r["run"], r["status"]) for r in records] == [(name, "ok") for name in (
+        "batchnorm_s0", "fixup_s0", "fixup_el2_c0.05_s0", "skipinit_s0",
+        "skipinit_el2_c0.05_s0", "nf_resnet_s0", "nf_resnet_agc_c0.32_s0",
+        "nf_resnet_agc_c1_s0", "nf_resnet_el2_c0.05_s0")]
+    configs = {r["run"]: json.load(open(os.path.join(r["model_dir"], "config.json")))
+               for r in records}
+    assert configs["nf_resnet_agc_c0.32_s0"]["agc"] == 0.32
+    assert configs["nf_resnet_agc_c0.32_s0"]["norm"] == "nf_resnet"
+    assert configs["nf_resnet_el2_c0.05_s0"]["agc"] == 0.0   # each variant: its own mechanism
+    assert configs["skipinit_el2_c0.05_s0"]["embedding_l2"] == 0.05
+    text = open(os.path.join(out, "report.md")).read()
+    for row in ("| skipinit | – | 1 |", "| skipinit_el2 | 0.05 | 1 |", "| nf_resnet | – | 1 |",
+                "| nf_resnet_agc | 0.32 | 1 |", "| nf_resnet_agc | 1 | 1 |",
+                "| nf_resnet_el2 | 0.05 | 1 |"):
+        assert row in text, row
+    assert "coefficients.png" not in text   # AGC's thresholds are not a penalty sweep
+    assert f"![{report.SPP_TITLE}](signal_propagation.png)" in text
+    assert _is_png(os.path.join(out, "signal_propagation.png"))
+    with open(os.path.join(out, "signal_propagation.json")) as f:
+        modes = json.load(f)["modes"]
+    assert {"batchnorm", "fixup", "skipinit", "nf_resnet"} <= set(modes)
+
+
 def test_main_table_formats_medians_and_failures():
     records = [
         {"run": "a_s0", "variant": "a", "coefficient": 0.0, "seed": 0, "status": "ok",

@@ -48,16 +48,20 @@ def _fused_batch_norm(flat, scale, offset, epsilon, training, mean=None, varianc
 def _channel_moments(flat):
     """Per-channel mean and biased variance of `flat` [N, C] in float32, in one fused kernel.
 
-    `FusedBatchNormV3` in training mode returns them as its reserve outputs (`reserve_space_2`
-    is the biased variance; `batch_variance` is Bessel-corrected). It computes mean and
-    variance in two passes, as precise as `moments` when a channel's mean dwarfs its spread,
-    and reads the activation about twice as fast on this CPU as `sum(x)` plus
+    `FusedBatchNormV3` in training mode returns the batch mean and the Bessel-corrected batch
+    variance (with `exponential_avg_factor=1` its running statistics are the batch's); times
+    `(N - 1) / N` that is the biased variance. (Its `reserve_space_2` is not used: it holds the
+    variance on CPU but the inverse standard deviation under cuDNN.) The kernel computes mean
+    and variance in two passes, as precise as `moments` when a channel's mean dwarfs its
+    spread, and reads the activation about twice as fast on this CPU as `sum(x)` plus
     `sum(square(x - shift))` (issue 17; the normalised output it also writes is unused).
     """
     channels = flat.shape[-1]
-    _, _, _, mean, variance, _ = _fused_batch_norm(
+    _, mean, unbiased, _, _, _ = _fused_batch_norm(
         flat, tf.ones([channels]), tf.zeros([channels]), epsilon=1e-3, training=True)
-    return mean, variance
+    n = tf.cast(tf.shape(flat)[0], tf.float32)
+    # One value per channel has variance 0 (whatever the kernel's n / (n - 1) made of it).
+    return mean, tf.where(n > 1.0, unbiased * ((n - 1.0) / n), tf.zeros_like(unbiased))
 
 
 def _per_channel_affine(flat, slope, offset):

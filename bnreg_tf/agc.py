@@ -9,12 +9,14 @@ that unit's weights (floored at `eps`, so zero-initialised weights can still mov
 as the reference (google-deepmind/deepmind-research `nfnets/agc_optax.py`, whose `1e-6` floor
 on ||g_i|| only guards the division). A unit is one slice along the last axis of a kernel of
 rank >= 2, with the norm taken over all other axes (Keras' Conv [kh, kw, C_in, C_out] and Dense
-[in, out] layouts: the reference's HWIO / IO rule); a tensor with at most one axis longer than
-1 (a bias, a gain vector, a scalar) is one unit.
+[in, out] layouts: the reference's HWIO / IO rule; for a rank-3 kernel, Conv1D's [k, C_in,
+C_out], the norm is over k and C_in, where the reference's rule takes axis 0 only); a tensor with
+at most one axis longer than 1 (a bias, a gain vector, a scalar) is one unit.
 
 The paper clips every parameter but the final linear classifier's (section 4);
 `bnreg_tf.training.Classifier(agc=...)` does so on the all-reduced gradient of the global
-batch, since the clipping is not linear.
+batch, since the clipping is not linear, and adds the weight decay's gradient after clipping,
+as the reference's `SGD_AGC` (`nfnets/optim.py`).
 """
 import tensorflow as tf
 
@@ -69,3 +71,13 @@ def take_over_all_reduce(optimizer):
             raise TypeError(f"AGC needs Keras' TensorFlow optimizer (with an all-reduce step to "
                             f"take over); got {type(target).__name__}")
         target._all_reduce_sum_gradients = _already_reduced
+
+
+def check_taken_over(optimizer):
+    """Raises unless `take_over_all_reduce(optimizer)` is still in force (a recompiled or
+    replaced optimizer would all-reduce the clipped gradients a second time)."""
+    targets = [optimizer, getattr(optimizer, "inner_optimizer", optimizer)]
+    if any(getattr(t, "_all_reduce_sum_gradients", None) is not _already_reduced
+           for t in targets):
+        raise RuntimeError("AGC: the optimizer all-reduces gradients itself again; compile the "
+                           "model through bnreg_tf.training.Classifier.compile")

@@ -32,6 +32,37 @@ def functional_l2(logits):
     return _mean_squared_norm_per_unit(logits)
 
 
+def _use_fused_kernel():
+    """Whether the KL's passes run as the fused batch-norm kernel: on CPU-only processes, outside
+    XLA (decided when the function is traced).
+
+    That is where it was measured to pay (issue 17). Under XLA the kernel is lowered to
+    `E[x^2] - E[x]^2` in one pass (XLA's batch-norm expander), the cancellation the shifted sums
+    avoid; on GPUs the float32 NHWC kernel is unmeasured here. Elsewhere the KL uses the shifted
+    sums and a plain multiply-add (XLA fuses them).
+    """
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return False
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:   # cannot tell whether XLA compiles this: take the path precise there
+        return False
+    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _shifted_moments(flat):
+    """Per-channel mean and biased variance of `flat` [N, C] in two independent sums, `sum(x)`
+    and `sum((x - k)^2)`, about a shift `k`: the mean of the first 256 rows, without gradient,
+    close enough to the mean that `E[(x-k)^2] - (mean-k)^2` does not cancel catastrophically in
+    float32 (shifted-data variance, Chan, Golub & LeVeque 1983). Under XLA both sums fuse into
+    one reduction."""
+    n = tf.cast(tf.shape(flat)[0], tf.float32)
+    shift = tf.stop_gradient(tf.reduce_mean(flat[:256], axis=0))
+    mean = tf.reduce_sum(flat, axis=0) / n
+    second = tf.reduce_sum(tf.square(flat - shift), axis=0) / n
+    return mean, tf.maximum(second - tf.square(mean - shift), 0.0)
+
+
 def _fused_batch_norm(flat, scale, offset, epsilon, training, mean=None, variance=None):
     """TensorFlow's fused batch-norm kernel (oneDNN on CPU, cuDNN on GPU) on `flat` [N, C].
 
@@ -45,7 +76,7 @@ def _fused_batch_norm(flat, scale, offset, epsilon, training, mean=None, varianc
         epsilon=epsilon, exponential_avg_factor=1.0, data_format="NHWC", is_training=training)
 
 
-def _channel_moments(flat):
+def _fused_moments(flat):
     """Per-channel mean and biased variance of `flat` [N, C] in float32, in one fused kernel.
 
     `FusedBatchNormV3` in training mode returns the batch mean and the Bessel-corrected batch
@@ -53,8 +84,9 @@ def _channel_moments(flat):
     `(N - 1) / N` that is the biased variance. (Its `reserve_space_2` is not used: it holds the
     variance on CPU but the inverse standard deviation under cuDNN.) The kernel computes mean
     and variance in two passes, as precise as `moments` when a channel's mean dwarfs its
-    spread, and reads the activation about twice as fast on this CPU as `sum(x)` plus
-    `sum(square(x - shift))` (issue 17; the normalised output it also writes is unused).
+    spread (on CPU; not under XLA: `_use_fused_kernel`), and reads the activation about twice
+    as fast on this CPU as `_shifted_moments` (issue 17; the normalised output it also writes
+    is unused).
     """
     channels = flat.shape[-1]
     _, mean, unbiased, _, _, _ = _fused_batch_norm(
@@ -89,20 +121,23 @@ def standardization_kl(x, epsilon=1e-5):
 
     The gradient is the closed form, one affine map per channel over `x`:
     `d/dx = mu / N + (1 - 1 / (s^2 + epsilon)) (x - mu) / N` (N values per channel), instead of
-    autodiff's several passes back through the two reductions. Both the moments and that affine
-    map run as TensorFlow's fused batch-norm kernel: one pass each way (issue 17).
+    autodiff's several passes back through the two reductions. On a CPU-only process outside
+    XLA, the moments and that affine map run as TensorFlow's fused batch-norm kernel, one pass
+    each way (issue 17); elsewhere as shifted sums and a multiply-add (`_use_fused_kernel`).
     """
     x = tf.cast(x, tf.float32)
+    fused = _use_fused_kernel()
 
     @tf.custom_gradient
     def kl(flat):
-        mean, var = _channel_moments(flat)
+        mean, var = _fused_moments(flat) if fused else _shifted_moments(flat)
         n = tf.cast(tf.shape(flat)[0], tf.float32)
         value = 0.5 * tf.reduce_sum(tf.square(mean) + var - tf.math.log(var + epsilon) - 1.0)
 
         def grad(upstream):
             slope = upstream * (1.0 - 1.0 / (var + epsilon)) / n
-            return _per_channel_affine(flat, slope, upstream * mean / n - slope * mean)
+            offset = upstream * mean / n - slope * mean
+            return _per_channel_affine(flat, slope, offset) if fused else flat * slope + offset
 
         return value, grad
 

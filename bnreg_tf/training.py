@@ -101,8 +101,12 @@ class Classifier(keras.Model):
             cross_entropy = self.cross_entropy(labels, outputs["logits"])
             penalties = tf.add_n([tf.cast(v, tf.float32) for v in self.losses]) \
                 if self.losses else tf.constant(0.0)
-            loss = cross_entropy + penalties + self.weight_decay_loss()
-            scaled = self.optimizer.scale_loss(loss / replicas)
+            weight_decay = self.weight_decay_loss()
+            loss = cross_entropy + penalties + weight_decay
+            # With AGC the decay's gradient is added after the clipping (below), unclipped, as
+            # the NFNets reference's SGD_AGC (nfnets/optim.py) does.
+            differentiated = cross_entropy + penalties if self.agc else loss
+            scaled = self.optimizer.scale_loss(differentiated / replicas)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         if self.agc:
@@ -123,15 +127,19 @@ class Classifier(keras.Model):
         all-reduce. Under LossScaleOptimizer the gradients are unscaled for the clipping and
         scaled back, so that optimizer's finiteness check and unscaling work as usual.
         """
+        agc_lib.check_taken_over(self.optimizer)
         present = [i for i, g in enumerate(gradients) if g is not None]
         reduced = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
         scale = self._loss_scale()
+        decayed = {id(v) for v in self.decay_variables} if self.weight_decay else set()
         out = list(gradients)
         for i, g in zip(present, reduced):
             v = variables[i]
             if id(v) not in self._agc_exempt:
                 g = agc_lib.clip_gradient(g / scale, v, self.agc) * scale
+            if id(v) in decayed:   # d/dv of wd * ||v||^2 / 2, the global batch's (not / replicas)
+                g = g + tf.cast(self.weight_decay * scale * tf.cast(v, tf.float32), g.dtype)
             out[i] = g
         return out
 

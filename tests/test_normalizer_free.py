@@ -77,10 +77,13 @@ def cross_entropy_gradients(model, x, y):
     return tape.gradient(loss, model.trainable_variables)
 
 
-def test_training_step_clips_every_variable_but_the_classifier(rng):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_training_step_clips_every_variable_but_the_classifier(rng, weight_decay):
+    """The applied gradient is AGC(cross-entropy gradient) + wd * w: the decay is not clipped
+    (the NFNets reference's SGD_AGC)."""
     network = resnet.build_model("wrn10_1", num_classes=3, input_shape=(8, 8, 3), norm="none",
                                  seed=0)
-    model = Classifier(network, 3, agc=0.01)
+    model = Classifier(network, 3, agc=0.01, weight_decay=weight_decay)
     model.compile(optimizer=keras.optimizers.SGD(1.0), jit_compile=False)
     x, y = rng.normal(size=(8, 8, 8, 3)).astype(np.float32), np.arange(8) % 3
     grads = cross_entropy_gradients(model, x, y)
@@ -92,13 +95,24 @@ def test_training_step_clips_every_variable_but_the_classifier(rng):
         step = b - v.numpy().astype(np.float64)  # lr 1, no momentum: the applied gradient
         raw = g.numpy().astype(np.float64)
         if id(v) in classifier:
-            np.testing.assert_allclose(step, raw, rtol=1e-4, atol=2e-7)
+            np.testing.assert_allclose(step, raw + weight_decay * b, rtol=1e-4, atol=2e-7)
             assert np.any(numpy_agc(raw, b, 0.01, 1e-3) != raw)  # clipping would have acted
         else:
             want = numpy_agc(raw, b, 0.01, 1e-3)
-            np.testing.assert_allclose(step, want, rtol=1e-4, atol=2e-7)
+            np.testing.assert_allclose(step, want + weight_decay * b, rtol=1e-4, atol=2e-7)
             clipped_units += int(np.sum(unit_norms(want) < 0.999 * unit_norms(raw)))
     assert len(classifier) == 2 and clipped_units > 10
+
+
+def test_a_step_with_an_optimizer_that_all_reduces_again_is_refused(rng):
+    network = resnet.build_model("wrn10_1", num_classes=3, input_shape=(8, 8, 3), norm="none",
+                                 seed=0)
+    model = Classifier(network, 3, agc=0.01)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
+    model.optimizer = keras.optimizers.SGD(0.1)   # swapped outside compile: not taken over
+    x, y = rng.normal(size=(4, 8, 8, 3)).astype(np.float32), np.arange(4) % 3
+    with pytest.raises(RuntimeError, match="all-reduces gradients itself again"):
+        model.train_on_batch(x, y)
 
 
 def test_agc_step_under_mirrored_strategy_matches_one_device(mirrored, rng):

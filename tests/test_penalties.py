@@ -80,24 +80,53 @@ def test_standardization_kl_gradient_matches_the_closed_form(rng):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
 
 
-def test_standardization_kl_keeps_precision_when_the_mean_dwarfs_the_spread(rng):
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_standardization_kl_keeps_precision_when_the_mean_dwarfs_the_spread(rng, mode):
     # Channels with mean 50-300 and std 0.05-1: the raw E[x^2] - mean^2 in float32 loses the
     # variance (error ~6e-8 * mean^2, more than the variance), and with it the gradient, which
-    # depends on 1 / var; the shifted sums must not.
+    # depends on 1 / var. The fused kernel (eager, graph on CPU) computes it in two passes; XLA
+    # lowers that kernel to E[x^2] - mean^2, so under XLA the shifted sums must be used.
     shape = (16, 6, 6, 5)
     x = (rng.normal(size=shape) * rng.uniform(0.05, 1.0, 5) + rng.uniform(50, 300, 5))
     x = x.astype(np.float32)
     eps = 1e-5
     tensor = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(tensor)
-        value = penalties.standardization_kl(tensor, epsilon=eps)
+
+    def value_and_gradient(tensor):
+        with tf.GradientTape() as tape:
+            tape.watch(tensor)
+            value = penalties.standardization_kl(tensor, epsilon=eps)
+        return value, tape.gradient(value, tensor)
+
+    if mode != "eager":
+        value_and_gradient = tf.function(value_and_gradient, jit_compile=mode == "xla")
+    value, gradient = value_and_gradient(tensor)
     assert rel_err(value, np_kl(x, eps)) < 1e-5
     x = x.astype(np.float64)
     var = x.var(axis=(0, 1, 2))
     n, mu = x.size / x.shape[-1], x.mean(axis=(0, 1, 2))
     want = mu / n + (1 - 1 / (var + eps)) * (x - mu) / n
-    np.testing.assert_allclose(tape.gradient(value, tensor), want, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(gradient, want, rtol=1e-3, atol=1e-6)
+
+
+def test_standardization_kl_uses_the_fused_kernel_only_on_cpu_outside_xla(rng):
+    x = tf.constant(rng.normal(size=(4, 3, 3, 2)), tf.float32)
+
+    def kernels(jit_compile):
+        def value_and_gradient(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = penalties.standardization_kl(x)
+            return value, tape.gradient(value, x)
+        graph = tf.function(value_and_gradient, jit_compile=jit_compile) \
+            .get_concrete_function(x).graph
+        ops = {op.type for op in graph.get_operations()}
+        for function in graph._functions.values():
+            ops |= {node.op for node in function.definition.node_def}
+        return ops
+
+    assert "FusedBatchNormV3" in kernels(False)        # this test machine is CPU-only
+    assert "FusedBatchNormV3" not in kernels(True)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -135,7 +135,7 @@ def summary(run, config_path):
         f"  penalties: {', '.join(penalties) or 'none'}",
         f"  training: batch {config.batch_size}, {config.epochs} epochs x {run.steps_per_epoch} "
         f"steps, {config.optimizer} lr {config.learning_rate:g} ({config.schedule}), seed "
-        f"{config.seed}",
+        f"{config.seed}" + (f", AGC clipping {config.agc:g}" if config.agc else ""),
         f"  execution: strategy {config.strategy} ({run.strategy.num_replicas_in_sync} "
         f"replica{'s' if run.strategy.num_replicas_in_sync != 1 else ''}), precision "
         f"{k.mixed_precision.global_policy().name}",

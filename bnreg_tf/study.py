@@ -288,6 +288,10 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
     if sweep and not used:
         raise ConfigError(f"--coefficients: none of the variants {', '.join(variants)} has a "
                           "coefficient to sweep")
+    for field in sorted(used):
+        if sweep and field in given:
+            raise ConfigError(f"--{field}: give either --{field} or --coefficients (the sweep "
+                              f"sets {field} of the variants that use it)")
     for field in COEFFICIENT_FIELDS:
         if field in given and field not in used and given[field]:
             users = [v for v, d in VARIANTS.items() if d["coefficient"] == field]
@@ -599,6 +603,23 @@ def run_study(study, strategy, shard=(0, 1), rerun_changed=False, log=print):
                     "settings on the full training split")
                 records += _run_phase(finals, study, strategy, shard, rerun_changed, log)
     return records
+
+
+def check_report_only(study):
+    """`--report_only` needs some of this grid's runs in the output dir; a report of an empty
+    dir, or of this grid over another grid's runs, would replace that dir's report with an
+    all-pending one. Raises ConfigError (one line) before anything is written."""
+    if any(os.path.isdir(spec.config.model_dir) for spec in study.runs):
+        return
+    runs_dir = os.path.join(study.output_dir, "runs")
+    others = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
+    if others:
+        raise ConfigError(f"--report_only: {runs_dir} holds none of this grid's "
+                          f"{len(study.runs)} runs but others (e.g. {others[0]!r}): give the "
+                          "flags the study ran with (--preset, --variants, --seeds, "
+                          "--coefficients, ...)")
+    raise ConfigError(f"--report_only: no runs of this study in {study.output_dir}: train "
+                      "them first (the same command without --report_only)")
 
 
 def collect(study, log=print):

@@ -106,6 +106,19 @@ def test_beyond_study_runs_the_normalizer_free_lineage_end_to_end(tmp_path):
     assert {"batchnorm", "fixup", "skipinit", "nf_resnet"} <= set(modes)
 
 
+def test_report_only_over_another_grids_runs_is_refused_and_writes_nothing(tmp_path):
+    out = tmp_path / "study"
+    (out / "runs" / "nf_resnet_agc_c0.5_s0").mkdir(parents=True)
+    (out / "report.md").write_text("the study's report")
+    result = study(str(out), "--report_only")   # the default grid, not the one that ran
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds none of this grid's 36 runs but others (e.g. " \
+        "'nf_resnet_agc_c0.5_s0')" in lines[0], lines
+    assert sorted(os.listdir(out)) == ["report.md", "runs"]
+    assert (out / "report.md").read_text() == "the study's report"
+
+
 def test_main_table_formats_medians_and_failures():
     records = [
         {"run": "a_s0", "variant": "a", "coefficient": 0.0, "seed": 0, "status": "ok",
@@ -146,6 +159,11 @@ def test_main_table_formats_medians_and_failures():
     (["--protocol=paper", "--tuning_seeds=0"], "--tuning_seeds: expected an integer >= 1"),
     (["--tuning_seeds=2"], "--tuning_seeds: only the paper protocol has a tuning phase"),
     (["--noholdout"], "--holdout: bnreg-study sets each run's training split"),
+    (["--variants=fixup_el2", "--embedding_l2=0.1", "--coefficients=0.5"],
+     "--embedding_l2: give either --embedding_l2 or --coefficients"),
+    (["--preset=beyond", "--variants=nf_resnet_agc", "--agc=0.1", "--coefficients=0.5"],
+     "--agc: give either --agc or --coefficients"),
+    (["--report_only"], "--report_only: no runs of this study in"),
 ])
 def test_bad_study_flags_exit_2(tmp_path, flags, message):
     result = study(str(tmp_path / "s"), *flags)

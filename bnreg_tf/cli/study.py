@@ -65,6 +65,7 @@ def main():
                             FLAGS.learning_rates, FLAGS.tuning_seeds)
     command = " ".join(["bnreg-study", *sys.argv[1:]])
     if FLAGS.report_only:
+        study.check_report_only(grid)
         records, strategy, start = study.collect(grid), None, time.time()
     else:
         study.check_reuse(grid, FLAGS.rerun_changed)

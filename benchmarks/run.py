@@ -10,12 +10,12 @@ import os
 import sys
 import time
 
-from benchmarks import (efficientnet_throughput, input_pipeline, memory, penalty_overhead,
-                        precision, randaugment_throughput, resnet_throughput)
+from benchmarks import (efficientnet_throughput, input_pipeline, kernels, memory,
+                        penalty_overhead, precision, randaugment_throughput, resnet_throughput)
 from benchmarks.timing import machine, matmul_peak_gflops
 
 SECTIONS = ("resnet", "efficientnet", "randaugment", "penalties", "precision", "pipeline",
-            "memory")
+            "memory", "kernels")
 
 
 def resnet_section(args, peak):
@@ -84,6 +84,26 @@ def memory_section(args, peak):
     print("|---|---:|")
     for label, megabytes in memory.rows(args.batch_size):
         print(f"| {label} | {megabytes:.0f} |")
+
+
+def kernels_section(args, peak):
+    print("\n### Issue 17's kernels against what they replace (best of 3 rounds)\n")
+    print("| KL, activation | moments: fused (ms) | shifted sums (ms) | speed-up | gradient: "
+          "fused affine (ms) | multiply-add (ms) | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for shape, fused, shifted, affine, multiply_add in kernels.moment_rows():
+        print(f"| {list(shape)} | {fused:.2f} | {shifted:.2f} | {shifted / fused:.2f}x | "
+              f"{affine:.2f} | {multiply_add:.2f} | {multiply_add / affine:.2f}x |")
+    print(f"\n| pointwise conv, fwd + both grads, batch {args.batch_size} | oneDNN conv GFLOP/s "
+          "| matmul GFLOP/s | speed-up |")
+    print("|---|---:|---:|---:|")
+    for side, cin, cout, conv, matmul in kernels.pointwise_rows(args.batch_size):
+        print(f"| {side}x{side}, {cin} -> {cout} | {conv:.0f} | {matmul:.0f} | "
+              f"{matmul / conv:.2f}x |")
+    print(f"\n| ResNet-50 training step at {args.image_size} px, optimizer | images/s |")
+    print("|---|---:|")
+    for label, rate in kernels.sgd_rows(args.image_size, args.batch_size, args.steps):
+        print(f"| {label} | {rate:.1f} |")
 
 
 def main():

@@ -55,6 +55,11 @@ def _already_reduced(grads_and_vars):
     return list(grads_and_vars)
 
 
+def _targets(optimizer):
+    """`optimizer` and, for a LossScaleOptimizer, the inner optimizer that applies."""
+    return [optimizer, getattr(optimizer, "inner_optimizer", optimizer)]
+
+
 def take_over_all_reduce(optimizer):
     """Makes `optimizer` apply the gradients it is given without all-reducing them first.
 
@@ -65,8 +70,7 @@ def take_over_all_reduce(optimizer):
     (the inner one of a LossScaleOptimizer) takes the result as it is. Checked on Keras 3.15.1;
     `tests/test_normalizer_free.py` compares a MirroredStrategy step with the one-device one.
     """
-    targets = [optimizer, getattr(optimizer, "inner_optimizer", optimizer)]
-    for target in targets:
+    for target in _targets(optimizer):
         if not hasattr(target, "_all_reduce_sum_gradients"):
             raise TypeError(f"AGC needs Keras' TensorFlow optimizer (with an all-reduce step to "
                             f"take over); got {type(target).__name__}")
@@ -76,8 +80,7 @@ def take_over_all_reduce(optimizer):
 def check_taken_over(optimizer):
     """Raises unless `take_over_all_reduce(optimizer)` is still in force (a recompiled or
     replaced optimizer would all-reduce the clipped gradients a second time)."""
-    targets = [optimizer, getattr(optimizer, "inner_optimizer", optimizer)]
     if any(getattr(t, "_all_reduce_sum_gradients", None) is not _already_reduced
-           for t in targets):
+           for t in _targets(optimizer)):
         raise RuntimeError("AGC: the optimizer all-reduces gradients itself again; compile the "
                            "model through bnreg_tf.training.Classifier.compile")

@@ -1,11 +1,11 @@
 """A `keras.layers.Conv2D` whose pointwise (1x1, stride 1) convolutions run as one matmul.
 
 Issue 17. A 1x1 convolution with stride 1 is `x @ W` over the flattened positions
-([B*H*W, C_in] @ [C_in, C_out]). On this CPU TensorFlow's oneDNN convolution kernels reach
-83-165 GFLOP/s for ResNet-50's pointwise shapes at 64 px (forward + both gradients), the MKL
-matmul 130-177 GFLOP/s, up to 1.6x on the small late-stage maps where most of the weights
-are (`benchmarks/`; BUILD_NOTES "Issue 17"). Two thirds of ResNet-50's convolutions and all
-of EfficientNet's expand/project convolutions are pointwise.
+([B*H*W, C_in] @ [C_in, C_out]). For ResNet-50's pointwise shapes at 64 px (forward + both
+gradients) the matmul measured 0.90-1.21x TensorFlow's oneDNN convolution on this CPU, a few
+percent over the set at best (`python -m benchmarks.run --only kernels`;
+BUILD_NOTES "Issue 17, third run"). Two thirds of ResNet-50's convolutions and all of
+EfficientNet's expand/project convolutions are pointwise.
 
 Same weights, names, shapes, initialisers, config and checkpoint layout as Keras' layer, so
 checkpoints written with `keras.layers.Conv2D` restore into it; every other convolution

@@ -8,7 +8,8 @@ TensorFlow backend (`m * momentum`, `g * lr`, their difference, the assignment, 
     var <- var + m                          (nesterov: var + momentum * m - lr * g)
 
 exactly Keras' SGD (the kernel was written for Keras 2's SGD). A ResNet-50 training step at
-64 px on this CPU runs about 5% faster with it (BUILD_NOTES "Issue 17"). Same slot variables,
+64 px on this CPU ran 0.3-2.5% faster with it in three runs (`python -m benchmarks.run --only
+kernels`). Same slot variables,
 names and config as Keras' SGD, so checkpoints and `.keras` files of either restore into the
 other. Without momentum, on TPUs (untested here) and for non-TensorFlow backends it is Keras' SGD.
 """

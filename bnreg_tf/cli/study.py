@@ -27,7 +27,7 @@ def define_flags():
     flags.DEFINE_list("variants", None, f"Variants to run [names]: a subset of "
                       f"{', '.join(VARIANTS)} (default: the preset's)")
     flags.DEFINE_list("seeds", None, "Seeds [integers], e.g. 0,1,2 (default: the preset's)")
-    flags.DEFINE_list("coefficients", None, "Coefficient grid of the penalty/dropout variants "
+    flags.DEFINE_list("coefficients", None, "Coefficient grid of the penalty/dropout/AGC variants "
                       "[loss weights or rates] (Figure 3; default: the preset's)")
     flags.DEFINE_enum("protocol", None, list(PROTOCOLS),
                       "Protocol [choice]: paper: tune each variant's grid on the holdout, then "

@@ -2,7 +2,7 @@
 
 Issues 7 and 17 (the "before issue 17" rows: bnreg's models with Keras' BatchNormalization,
 Conv2D and SGD).
-Each child process builds the model, runs a few `train_on_batch` steps and reports its peak
+Each child process builds the model, runs a few `model.fit` steps and reports its peak
 resident set (`VmHWM` of /proc/self/status; `ru_maxrss` would carry over the parent's peak
 across fork+exec on Linux). A child that only imports TensorFlow and Keras gives
 the baseline. Linux only.

@@ -2,6 +2,9 @@
 
     python -m benchmarks.run [--output reports/benchmarks.md] [--only resnet,penalties,...]
         [--image_size 64] [--batch_size 32] [--steps 10]
+
+The `device` section (issue 17, item 4) runs only where TensorFlow sees a GPU; its own flags
+start with `--device_`.
 """
 import argparse
 import contextlib
@@ -10,12 +13,12 @@ import os
 import sys
 import time
 
-from benchmarks import (efficientnet_throughput, input_pipeline, kernels, memory,
+from benchmarks import (device_grid, efficientnet_throughput, input_pipeline, kernels, memory,
                         penalty_overhead, precision, randaugment_throughput, resnet_throughput)
 from benchmarks.timing import machine, matmul_peak_gflops
 
 SECTIONS = ("resnet", "efficientnet", "randaugment", "penalties", "precision", "pipeline",
-            "memory", "kernels")
+            "memory", "kernels", "device")
 
 
 def resnet_section(args, peak):
@@ -106,6 +109,51 @@ def kernels_section(args, peak):
         print(f"| {label} | {rate:.1f} |")
 
 
+def device_section(args, peak):
+    name = device_grid.device_name()
+    if name is None and not args.device_grid_on_cpu:
+        print("\n### Accelerator grid (issue 17, item 4)\n\nNo GPU in this process: not run "
+              "(on a CPU see the precision section; `--device_grid_on_cpu` runs it anyway).")
+        return
+    mixed = device_grid.mixed_policy()
+    auto = device_grid.auto_choice()
+    print(f"\n### Accelerator grid on {name or 'CPU'}: training step, batch "
+          f"{args.device_batch_size}, float32 / {mixed} x graph / XLA (best of "
+          f"{device_grid.ROUNDS} alternating rounds, median of {args.steps} steps each)\n")
+    print(f"`--precision=auto --compilation=auto` here: {auto[0]}, "
+          f"{'xla' if auto[1] else 'graph'}. Correct: the first {device_grid.CHECK_STEPS} losses "
+          f"finite and within {device_grid.TOLERANCE:.0%} of float32 graph's.\n")
+    print("| model | precision | compilation | images/s | vs float32 graph | max loss difference "
+          "| correct |")
+    print("|---|---|---|---:|---:|---:|---|")
+    verdicts = []
+    for key in [f for f in args.device_families.split(",") if f]:
+        family = device_grid.FAMILIES[key]
+        size = args.device_image_size or None
+        cells = device_grid.family_cells(family, args.device_batch_size, args.steps,
+                                         image_size=size)
+        for start in range(0, len(cells), 4):
+            group = cells[start:start + 4]
+            base = group[0].images_per_second
+            for cell in group:
+                print(f"| {cell.model} ({size or family.image_size} px) | {cell.precision} "
+                      f"| {cell.compilation} | {cell.images_per_second:.1f} "
+                      f"| {cell.images_per_second / base:.2f}x | {cell.max_loss_difference:.2e} "
+                      f"| {'yes' if cell.correct else 'NO'} |")
+        verdicts.append((family, cells[:4], device_grid.verdict(cells[:4], auto)))
+    print()
+    for family, cells, (chosen, best, ratio) in verdicts:
+        if best is None:
+            print(f"- {family.label}: no cell of bnreg's model is correct.")
+        elif best is chosen:
+            print(f"- {family.label}: auto's cell is the fastest correct one "
+                  f"({chosen.images_per_second:.0f} images/s).")
+        else:
+            print(f"- {family.label}: auto's cell ({chosen.precision}, {chosen.compilation}) runs "
+                  f"{ratio:.2f}x the fastest correct one ({best.precision}, {best.compilation}, "
+                  f"{best.images_per_second:.0f} images/s).")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image_size", type=int, default=64)
@@ -113,6 +161,15 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--device_families", default=",".join(device_grid.FAMILIES),
+                        help=f"device section: comma-separated subset of "
+                             f"{tuple(device_grid.FAMILIES)}")
+    parser.add_argument("--device_batch_size", type=int, default=128,
+                        help="device section: batch size (per step, one GPU)")
+    parser.add_argument("--device_image_size", type=int, default=0,
+                        help="device section: input resolution (0: each family's own, 224 or 32)")
+    parser.add_argument("--device_grid_on_cpu", action="store_true",
+                        help="run the device section without a GPU (a smoke test; slow with XLA)")
     parser.add_argument("--output", default="reports/benchmarks.md",
                         help="markdown file the tables are written to (also printed)")
     args = parser.parse_args()
@@ -120,6 +177,10 @@ def main():
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"--only: unknown section(s) {unknown}; expected a subset of {SECTIONS}")
+    families = sorted({f for f in args.device_families.split(",") if f} - set(device_grid.FAMILIES))
+    if families:
+        parser.error(f"--device_families: unknown {families}; expected a subset of "
+                     f"{tuple(device_grid.FAMILIES)}")
     buffer = io.StringIO()
     tee = _Tee(sys.stdout, buffer)
     start = time.time()

@@ -42,6 +42,14 @@ def matmul_peak_gflops(n=2048, repeats=20):
     return 2 * n**3 / np.min(times) / 1e9
 
 
+def targets(model, labels):
+    """`(y, loss)` for `model.compile`/`fit`: bnreg's models output a dict with `logits`."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if isinstance(model.output, dict):
+        return {"logits": labels}, {"logits": loss}
+    return labels, loss
+
+
 class _StepClock(keras.callbacks.Callback):
     """The wall-clock time at the end of each `model.fit` step.
 
@@ -56,24 +64,20 @@ class _StepClock(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def _fit_steps(model, batch_size, num_classes, seed, sgd=optimizers.SGD):
+def _fit_steps(model, batch_size, num_classes, seed, sgd=optimizers.SGD, jit_compile=None):
     """`run(steps)`: the median seconds of `steps` training steps of `model.fit`, the loop the
-    trainer runs, on one fixed random batch."""
+    trainer runs, on one fixed random batch. `jit_compile=None`: bnreg's choice for the device."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch_size, *model.input_shape[1:])).astype(np.float32)
-    labels = rng.integers(0, num_classes, batch_size)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    if isinstance(model.output, dict):
-        y, loss = {"logits": labels}, {"logits": loss}
-    else:
-        y = labels
+    y, loss = targets(model, rng.integers(0, num_classes, batch_size))
     model.compile(sgd(0.01, momentum=0.9), loss=loss,
-                  jit_compile=choose_jit_compile())
+                  jit_compile=choose_jit_compile() if jit_compile is None else jit_compile)
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     clock = _StepClock()
 
     def run(steps):
-        model.fit(data, epochs=1, steps_per_epoch=steps + 1, verbose=0, callbacks=[clock])
+        model.fit(data, epochs=1, steps_per_epoch=steps + 1, verbose=0, callbacks=[clock],
+                  shuffle=False)
         return float(np.median(np.diff(clock.ends)))
 
     return run
@@ -85,12 +89,13 @@ def train_step_throughput(model, batch_size, num_classes, steps=10, warmup=3, se
 
 
 def interleaved_throughput(models, batch_size, num_classes, steps=10, warmup=3, rounds=3, seed=0,
-                           sgds=None):
+                           sgds=None, jit_compiles=None):
     """Images/s of each model's training step, measured in alternating rounds.
 
     Each model trains with SGD with momentum 0.9: bnreg's fused `optimizers.SGD` (what the
     trainer uses) unless `sgds` gives each model its own class (`keras.optimizers.SGD` for a
-    model a user would train with Keras' optimizer).
+    model a user would train with Keras' optimizer). `jit_compiles` gives each model its
+    `jit_compile` (default: bnreg's choice for the device, `choose_jit_compile`).
 
     Steps run in `model.fit`, as the trainer runs them, and are timed from one step's end to
     the next (`_StepClock`). Not `train_on_batch`, which resets every metric on each call: 12 ms
@@ -102,8 +107,9 @@ def interleaved_throughput(models, batch_size, num_classes, steps=10, warmup=3, 
     model only, which made single back-to-back measurements here swing by +-25%.
     """
     sgds = sgds or [optimizers.SGD] * len(models)
-    runs = [_fit_steps(model, batch_size, num_classes, seed, sgd)
-            for model, sgd in zip(models, sgds)]
+    jit_compiles = jit_compiles or [None] * len(models)
+    runs = [_fit_steps(model, batch_size, num_classes, seed, sgd, jit)
+            for model, sgd, jit in zip(models, sgds, jit_compiles)]
     for run in runs:
         run(max(1, warmup))
     best = [float("inf")] * len(models)

@@ -8,13 +8,19 @@ is none for WRN-28-10) train in every cell of float32 / the device's mixed polic
 (mixed_float16 on a GPU) x graph / XLA, all timed in alternating rounds in the same process
 (`timing.interleaved_throughput`), at the family's resolution (224 px, CIFAR's 32 px).
 
-A cell is *correct* when its first `check_steps` training losses, from the float32 model's
-weights on the same batches with SGD (lr 0.01, momentum 0.9), are finite and within
-`tolerance` (relative) of float32 graph mode's. Dropout and stochastic depth draw different
-masks in different cells, so the tolerance is a divergence check (a float16 overflow, a
-miscompiled step), not an equality test. `--precision=auto --compilation=auto`
-(`strategies.precision_policy`, `strategies.choose_jit_compile`) should pick the fastest
-correct cell of bnreg's model; `verdict` says whether it does.
+A cell is *correct* when its first `CHECK_STEPS` training losses on one batch (the timing
+batch, in the same `fit`, from the float32 model's weights, SGD lr 0.01 momentum 0.9) are
+finite, within `TOLERANCE` (relative) of float32 graph mode's, and fall by at least
+`MIN_DROP` of what float32 graph's fall: a step that does not update (a loss scale that skips
+every step, a miscompiled update) fails the last test. Dropout and stochastic depth draw
+different masks in different cells, so these are divergence checks, not equality tests.
+`--precision=auto --compilation=auto` (`strategies.precision_policy`,
+`strategies.choose_jit_compile`) should pick the fastest correct cell of bnreg's model;
+`verdict` says whether it does.
+
+The step is Keras' default `train_step` on the bare network (`timing.FitLoop`), the same for
+bnreg's and keras.applications' models; each cell is compiled once (the loss check and the
+timing share it).
 """
 import dataclasses
 
@@ -24,11 +30,11 @@ import tensorflow as tf
 
 import efficientnet
 import resnet
-from benchmarks.timing import dtype_policy, interleaved_throughput, targets
+from benchmarks.timing import FitLoop, dtype_policy, interleaved_rates
 from bnreg_tf import optimizers, strategies
 
 
-ROUNDS, CHECK_STEPS, TOLERANCE = 3, 3, 0.05
+ROUNDS, CHECK_STEPS, TOLERANCE, MIN_DROP = 3, 5, 0.05, 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +81,7 @@ class Cell:
     images_per_second: float = 0.0
     losses: tuple = ()
     max_loss_difference: float = 0.0
+    drop_ratio: float = 0.0       # (first - last loss) / float32 graph's
     correct: bool = False
 
     @property
@@ -95,24 +102,14 @@ def device_name():
     return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
 
 
-def _loss_curve(model, jit_compile, batches, sgd):
-    model.compile(sgd(0.01, momentum=0.9), loss=targets(model, batches[0][1])[1],
-                  jit_compile=jit_compile)
-    return tuple(float(model.train_on_batch(x, targets(model, labels)[0], return_dict=True)["loss"])
-                 for x, labels in batches)
-
-
 def family_cells(family, batch_size, steps=10, rounds=ROUNDS, check_steps=CHECK_STEPS,
-                 tolerance=TOLERANCE, image_size=None, seed=0):
-    """The cells of `family` (bnreg's model first, then keras.applications'), measured."""
+                 tolerance=TOLERANCE, min_drop=MIN_DROP, image_size=None, seed=0):
+    """The cells of `family` (bnreg's model's four, then keras.applications'), measured."""
     size = image_size or family.image_size
-    rng = np.random.default_rng(seed)
-    batches = [(rng.normal(size=(batch_size, *_shape(size))).astype(np.float32),
-                rng.integers(0, family.classes, batch_size)) for _ in range(check_steps)]
     builders = [("bnreg", family.bnreg, optimizers.SGD)]
     if family.keras_application is not None:
         builders.append(("keras.applications", family.keras_application, keras.optimizers.SGD))
-    cells, models, sgds = [], [], []
+    cells, loops = [], []
     for label, build, sgd in builders:
         reference = build(size, family.classes).get_weights()
         for policy in ("float32", mixed_policy()):
@@ -120,30 +117,32 @@ def family_cells(family, batch_size, steps=10, rounds=ROUNDS, check_steps=CHECK_
                 with dtype_policy(policy):
                     model = build(size, family.classes)
                 model.set_weights(reference)
-                cell = Cell(f"{label} {family.label}", policy, jit)
-                cell.losses = _loss_curve(model, jit, batches, sgd)
-                cells.append(cell)
-                models.append(model)
-                sgds.append(sgd)
-    rates = interleaved_throughput(models, batch_size, family.classes, steps, rounds=rounds,
-                                   sgds=sgds, jit_compiles=[c.jit_compile for c in cells])
+                loop = FitLoop(model, batch_size, family.classes, seed, sgd, jit)
+                cells.append(Cell(f"{label} {family.label}", policy, jit,
+                                  losses=loop.losses(check_steps)))
+                loops.append(loop)
+    rates = interleaved_rates(loops, steps, rounds=rounds)
     for cell, rate in zip(cells, rates):
         cell.images_per_second = rate
     for start in range(0, len(cells), 4):
-        judge(cells[start:start + 4], tolerance)
+        judge(cells[start:start + 4], tolerance, min_drop)
     return cells
 
 
-def judge(cells, tolerance):
+def judge(cells, tolerance=TOLERANCE, min_drop=MIN_DROP):
     """Marks each of one model's cells correct or not against its float32 graph cell."""
     reference = next(c for c in cells if c.precision == "float32" and not c.jit_compile)
     expected = np.asarray(reference.losses, np.float64)
+    expected_drop = expected[0] - expected[-1]
     for cell in cells:
         losses = np.asarray(cell.losses, np.float64)
-        finite = bool(np.all(np.isfinite(losses)))
-        cell.max_loss_difference = (float(np.max(np.abs(losses - expected) / np.abs(expected)))
-                                    if finite else float("inf"))
-        cell.correct = finite and cell.max_loss_difference <= tolerance
+        if not np.all(np.isfinite(losses)):
+            cell.max_loss_difference, cell.drop_ratio, cell.correct = float("inf"), 0.0, False
+            continue
+        cell.max_loss_difference = float(np.max(np.abs(losses - expected) / np.abs(expected)))
+        cell.drop_ratio = float((losses[0] - losses[-1]) / expected_drop)
+        cell.correct = bool(cell.max_loss_difference <= tolerance and expected_drop > 0
+                            and cell.drop_ratio >= min_drop)
 
 
 def auto_choice(strategy=None):

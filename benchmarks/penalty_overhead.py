@@ -1,8 +1,8 @@
 """Cost of each penalty on a training step: none vs EL2 vs FL2 vs KL standardization.
 
 Issue 7's benchmark. One model per penalty, measured in alternating rounds in the same run
-(`timing.interleaved_throughput`), through `model.fit` with the penalty layers' `add_loss` and
-per-layer metrics, as the trainer runs them. "none" and the EL2/FL2 rows share the Fixup
+(`timing.interleaved_throughput`), through `model.fit` (the trainer's loop) with the penalty
+layers' `add_loss` and per-layer metrics. "none" and the EL2/FL2 rows share the Fixup
 network; KL needs the Fixup variant with a KL layer at every norm site (`fixup_standardize`),
 so its row is compared with that network without the KL layers (coefficient 0 leaves the
 layers out).

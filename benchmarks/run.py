@@ -8,10 +8,14 @@ start with `--device_`.
 """
 import argparse
 import contextlib
+import gc
 import io
 import os
 import sys
 import time
+
+import keras
+import tensorflow as tf
 
 from benchmarks import (device_grid, efficientnet_throughput, input_pipeline, kernels, memory,
                         penalty_overhead, precision, randaugment_throughput, resnet_throughput)
@@ -122,36 +126,46 @@ def device_section(args, peak):
           f"{device_grid.ROUNDS} alternating rounds, median of {args.steps} steps each)\n")
     print(f"`--precision=auto --compilation=auto` here: {auto[0]}, "
           f"{'xla' if auto[1] else 'graph'}. Correct: the first {device_grid.CHECK_STEPS} losses "
-          f"finite and within {device_grid.TOLERANCE:.0%} of float32 graph's.\n")
+          f"on one batch finite, within {device_grid.TOLERANCE:.0%} of float32 graph's, and "
+          f"falling by at least {device_grid.MIN_DROP:.0%} of what float32 graph's fall.\n")
     print("| model | precision | compilation | images/s | vs float32 graph | max loss difference "
-          "| correct |")
-    print("|---|---|---|---:|---:|---:|---|")
+          "| loss drop vs float32 graph | correct |")
+    print("|---|---|---|---:|---:|---:|---:|---|")
     verdicts = []
     for key in [f for f in args.device_families.split(",") if f]:
         family = device_grid.FAMILIES[key]
-        size = args.device_image_size or None
-        cells = device_grid.family_cells(family, args.device_batch_size, args.steps,
-                                         image_size=size)
+        size = args.device_image_size or family.image_size
+        try:
+            cells = device_grid.family_cells(family, args.device_batch_size, args.steps,
+                                             image_size=size)
+        except tf.errors.ResourceExhaustedError:
+            print(f"| {family.label} ({size} px) | out of memory at batch "
+                  f"{args.device_batch_size}: rerun it with a smaller --device_batch_size "
+                  f"| | | | | | |")
+            continue
+        finally:
+            keras.backend.clear_session()
+            gc.collect()
         for start in range(0, len(cells), 4):
             group = cells[start:start + 4]
-            base = group[0].images_per_second
             for cell in group:
-                print(f"| {cell.model} ({size or family.image_size} px) | {cell.precision} "
-                      f"| {cell.compilation} | {cell.images_per_second:.1f} "
-                      f"| {cell.images_per_second / base:.2f}x | {cell.max_loss_difference:.2e} "
+                print(f"| {cell.model} ({size} px) | {cell.precision} | {cell.compilation} "
+                      f"| {cell.images_per_second:.1f} "
+                      f"| {cell.images_per_second / group[0].images_per_second:.2f}x "
+                      f"| {cell.max_loss_difference:.2e} | {cell.drop_ratio:.2f} "
                       f"| {'yes' if cell.correct else 'NO'} |")
-        verdicts.append((family, cells[:4], device_grid.verdict(cells[:4], auto)))
+        verdicts.append((family, device_grid.verdict(cells[:4], auto)))
     print()
-    for family, cells, (chosen, best, ratio) in verdicts:
-        if best is None:
-            print(f"- {family.label}: no cell of bnreg's model is correct.")
+    for family, (chosen, best, ratio) in verdicts:
+        where = f"auto's cell ({chosen.precision}, {chosen.compilation})"
+        if not chosen.correct:
+            print(f"- {family.label}: {where} is NOT correct (see its row).")
         elif best is chosen:
-            print(f"- {family.label}: auto's cell is the fastest correct one "
+            print(f"- {family.label}: {where} is the fastest correct one "
                   f"({chosen.images_per_second:.0f} images/s).")
         else:
-            print(f"- {family.label}: auto's cell ({chosen.precision}, {chosen.compilation}) runs "
-                  f"{ratio:.2f}x the fastest correct one ({best.precision}, {best.compilation}, "
-                  f"{best.images_per_second:.0f} images/s).")
+            print(f"- {family.label}: {where} runs {ratio:.2f}x the fastest correct one "
+                  f"({best.precision}, {best.compilation}, {best.images_per_second:.0f} images/s).")
 
 
 def main():
@@ -190,9 +204,14 @@ def main():
         print(f"Command: python -m benchmarks.run {' '.join(sys.argv[1:])}".rstrip())
         for section in chosen:
             globals()[f"{section}_section"](args, peak)
+            _write(args.output, buffer)  # what has finished survives a later section's crash
         print(f"\n({(time.time() - start) / 60:.1f} min)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
+    _write(args.output, buffer)
+
+
+def _write(path, buffer):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
         f.write(buffer.getvalue())
 
 

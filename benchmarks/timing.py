@@ -64,23 +64,38 @@ class _StepClock(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def _fit_steps(model, batch_size, num_classes, seed, sgd=optimizers.SGD, jit_compile=None):
-    """`run(steps)`: the median seconds of `steps` training steps of `model.fit`, the loop the
-    trainer runs, on one fixed random batch. `jit_compile=None`: bnreg's choice for the device."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(batch_size, *model.input_shape[1:])).astype(np.float32)
-    y, loss = targets(model, rng.integers(0, num_classes, batch_size))
-    model.compile(sgd(0.01, momentum=0.9), loss=loss,
-                  jit_compile=choose_jit_compile() if jit_compile is None else jit_compile)
-    data = tf.data.Dataset.from_tensors((x, y)).repeat()
-    clock = _StepClock()
+class FitLoop:
+    """`model` compiled with SGD (lr 0.01, momentum 0.9) and trained in `model.fit` on one
+    fixed random batch: the loop `bnreg-train` runs, with Keras' default `train_step` on the
+    bare network (without the trainer's weight decay and finite-gradient check).
 
-    def run(steps):
-        model.fit(data, epochs=1, steps_per_epoch=steps + 1, verbose=0, callbacks=[clock],
-                  shuffle=False)
-        return float(np.median(np.diff(clock.ends)))
+    `jit_compile=None` is bnreg's choice for the device (`choose_jit_compile`). The batch is
+    a host tensor, copied to an accelerator in each step as an input pipeline's would be.
+    """
 
-    return run
+    def __init__(self, model, batch_size, num_classes, seed=0, sgd=optimizers.SGD,
+                 jit_compile=None):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(batch_size, *model.input_shape[1:])).astype(np.float32)
+        y, loss = targets(model, rng.integers(0, num_classes, batch_size))
+        model.compile(sgd(0.01, momentum=0.9), loss=loss,
+                      jit_compile=choose_jit_compile() if jit_compile is None else jit_compile)
+        self.model, self.batch_size = model, batch_size
+        self.data = tf.data.Dataset.from_tensors((x, y)).repeat()
+        self.clock = _StepClock()
+
+    def losses(self, steps):
+        """The loss of each of the next `steps` steps (one per epoch: Keras resets its loss
+        metric at each epoch), all on the same batch."""
+        history = self.model.fit(self.data, epochs=steps, steps_per_epoch=1, verbose=0,
+                                 shuffle=False)
+        return tuple(float(value) for value in history.history["loss"])
+
+    def median_step_seconds(self, steps):
+        """The median wall time of `steps` steps, from one step's end to the next."""
+        self.model.fit(self.data, epochs=1, steps_per_epoch=steps + 1, verbose=0,
+                       callbacks=[self.clock], shuffle=False)
+        return float(np.median(np.diff(self.clock.ends)))
 
 
 def train_step_throughput(model, batch_size, num_classes, steps=10, warmup=3, seed=0):
@@ -89,34 +104,37 @@ def train_step_throughput(model, batch_size, num_classes, steps=10, warmup=3, se
 
 
 def interleaved_throughput(models, batch_size, num_classes, steps=10, warmup=3, rounds=3, seed=0,
-                           sgds=None, jit_compiles=None):
+                           sgds=None):
     """Images/s of each model's training step, measured in alternating rounds.
 
-    Each model trains with SGD with momentum 0.9: bnreg's fused `optimizers.SGD` (what the
-    trainer uses) unless `sgds` gives each model its own class (`keras.optimizers.SGD` for a
-    model a user would train with Keras' optimizer). `jit_compiles` gives each model its
-    `jit_compile` (default: bnreg's choice for the device, `choose_jit_compile`).
+    Each model trains with SGD with momentum 0.9 in a `FitLoop`: bnreg's fused
+    `optimizers.SGD` (what the trainer uses) unless `sgds` gives each model its own class
+    (`keras.optimizers.SGD` for a model a user would train with Keras' optimizer).
+    """
+    sgds = sgds or [optimizers.SGD] * len(models)
+    loops = [FitLoop(model, batch_size, num_classes, seed, sgd) for model, sgd in zip(models, sgds)]
+    return interleaved_rates(loops, steps, warmup, rounds)
 
-    Steps run in `model.fit`, as the trainer runs them, and are timed from one step's end to
-    the next (`_StepClock`). Not `train_on_batch`, which resets every metric on each call: 12 ms
-    of Python per step for a ResNet-50 with KL standardization's 53 per-layer metrics, which
-    `fit` does once per epoch (BUILD_NOTES, "Issue 17, fourth run").
 
-    Each round times `steps` steps of every model in turn (median step); a model's result is
+def interleaved_rates(loops, steps=10, warmup=3, rounds=3):
+    """Images/s of each `FitLoop`'s training step, measured in alternating rounds.
+
+    Steps run in `model.fit`, timed from one step's end to the next (`_StepClock`). Not
+    `train_on_batch`, which resets every metric on each call: 12 ms of Python per step for a
+    ResNet-50 with KL standardization's 53 per-layer metrics, which `fit` does once per epoch
+    (BUILD_NOTES, "Issue 17, fourth run").
+
+    Each round times `steps` steps of every loop in turn (median step); a loop's result is
     its best round. Alternating keeps a slow phase of a shared machine from landing on one
     model only, which made single back-to-back measurements here swing by +-25%.
     """
-    sgds = sgds or [optimizers.SGD] * len(models)
-    jit_compiles = jit_compiles or [None] * len(models)
-    runs = [_fit_steps(model, batch_size, num_classes, seed, sgd, jit)
-            for model, sgd, jit in zip(models, sgds, jit_compiles)]
-    for run in runs:
-        run(max(1, warmup))
-    best = [float("inf")] * len(models)
+    for loop in loops:
+        loop.median_step_seconds(max(1, warmup))
+    best = [float("inf")] * len(loops)
     for _ in range(rounds):
-        for i, run in enumerate(runs):
-            best[i] = min(best[i], run(steps))
-    return [batch_size / seconds for seconds in best]
+        for i, loop in enumerate(loops):
+            best[i] = min(best[i], loop.median_step_seconds(steps))
+    return [loop.batch_size / seconds for loop, seconds in zip(loops, best)]
 
 
 @contextlib.contextmanager

@@ -11,14 +11,14 @@ from absl import flags
 from bnreg_tf.cli import train as train_cli
 from bnreg_tf.cli import initialize_devices
 from bnreg_tf.cli.errors import run_main
-from bnreg_tf.config import ConfigError
-from bnreg_tf.flags import config_from_flags
+from bnreg_tf.run.config import ConfigError
+from bnreg_tf.run.flags import config_from_flags
 
 IMAGENET_PRESETS = ("resnet50_imagenet", "efficientnet_b0_imagenet", "efficientnet_b8_imagenet")
 
 
 def main():
-    from bnreg_tf import trainer
+    from bnreg_tf.run import trainer
 
     if flags.FLAGS.preset not in IMAGENET_PRESETS:
         raise ConfigError(f"--preset: expected one of {', '.join(IMAGENET_PRESETS)}, "

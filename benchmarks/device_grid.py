@@ -30,8 +30,9 @@ import tensorflow as tf
 
 import efficientnet
 import resnet
+from bnreg_tf.run import models
 from benchmarks.timing import FitLoop, dtype_policy, interleaved_rates
-from bnreg_tf import optimizers, strategies
+from bnreg_tf.run import optimizers, strategies
 
 
 ROUNDS, CHECK_STEPS, TOLERANCE, MIN_DROP = 3, 5, 0.05, 0.5
@@ -54,7 +55,7 @@ def _shape(size):
 FAMILIES = {
     "resnet50": Family(
         "ResNet-50", 224, 1000,
-        lambda size, classes: resnet.build_model("resnet50", num_classes=classes,
+        lambda size, classes: models.build("resnet50", num_classes=classes,
                                                  input_shape=_shape(size), seed=0),
         lambda size, classes: keras.applications.ResNet50(
             weights=None, input_shape=_shape(size), classes=classes, classifier_activation=None)),
@@ -66,7 +67,7 @@ FAMILIES = {
             weights=None, input_shape=_shape(size), classes=classes, classifier_activation=None)),
     "wrn28_10": Family(
         "WRN-28-10", 32, 10,
-        lambda size, classes: resnet.build_model("wrn28_10", num_classes=classes,
+        lambda size, classes: models.build("wrn28_10", num_classes=classes,
                                                  input_shape=_shape(size), seed=0),
         None),
 }

@@ -1,7 +1,7 @@
 """Training-step throughput: our EfficientNet-B0 vs keras.applications.EfficientNetB0.
 
 Issues 4 and 17. keras.applications' model trains with `keras.optimizers.SGD`, ours with the
-trainer's fused `bnreg_tf.optimizers.SGD`; the "before issue 17" row is our model with Keras'
+trainer's fused `bnreg_tf.run.optimizers.SGD`; the "before issue 17" row is our model with Keras'
 BatchNormalization, Conv2D and SGD.
 Same input size, batch and 1000 classes, measured in the same run with the compilation mode
 bnreg picks for the device, in alternating rounds (best round each). keras.applications' B0 has
@@ -11,7 +11,7 @@ and drop-connect.
 import keras
 
 import efficientnet
-from bnreg_tf import optimizers
+from bnreg_tf.run import optimizers
 from benchmarks.timing import conv_dense_flops, interleaved_throughput, keras_layers
 
 

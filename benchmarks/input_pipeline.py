@@ -11,9 +11,11 @@ import tensorflow as tf
 
 import efficientnet
 import resnet
+from bnreg_tf.run import models
 from benchmarks.timing import interleaved_throughput, map_images_per_second
 from bnreg_tf.data import pipeline
-from bnreg_tf.presets import PRESETS
+from bnreg_tf.run.presets import PRESETS
+from bnreg_tf.run import inputs
 
 
 def _pipeline_rate(preprocessing, images, count):
@@ -26,14 +28,14 @@ def rows(batch_size=32, steps=5, count=640, seed=0):
     """Yields `(pipeline, pipeline images/s, model, model images/s, ratio)` rows."""
     rng = np.random.default_rng(seed)
     cifar = PRESETS["wrn28_10_cifar10"].replace(model_dir="-")
-    prep = pipeline.preprocessing_for(cifar, 32)
+    prep = inputs.preprocessing_for(cifar, 32)
     images = rng.integers(0, 256, size=(256, 32, 32, 3), dtype=np.uint8)
     rate = _pipeline_rate(prep, images, count)
-    model = resnet.build_model("wrn16_4", num_classes=10)
+    model = models.build("wrn16_4", num_classes=10)
     consumed = interleaved_throughput([model], batch_size, 10, steps, rounds=1)[0]
     yield "CIFAR crop+flip, 32 px", rate, "wrn16_4 train", consumed, rate / consumed
     b0 = PRESETS["efficientnet_b0_imagenet"].replace(model_dir="-")
-    prep = pipeline.preprocessing_for(b0, 224)
+    prep = inputs.preprocessing_for(b0, 224)
     images = rng.integers(0, 256, size=(32, 280, 320, 3), dtype=np.uint8)
     rate = _pipeline_rate(prep, images, count // 2)
     model = efficientnet.build_model("b0", num_classes=1000, input_shape=(224, 224, 3))

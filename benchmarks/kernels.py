@@ -4,9 +4,9 @@
   (`penalties._fused_moments`, `_per_channel_affine`) vs the shifted sums and a broadcast
   multiply-add, graph mode, per activation shape;
 - pointwise convolutions, forward plus both gradients: `tf.nn.conv2d` (oneDNN) vs the matmul
-  `bnreg_tf.conv.Conv2D` runs, for ResNet-50's pointwise shapes at 64 px, batch 32;
+  `bnreg_tf.nn.conv.Conv2D` runs, for ResNet-50's pointwise shapes at 64 px, batch 32;
 - SGD with momentum: a ResNet-50 training step with `keras.optimizers.SGD` vs the trainer's
-  fused `bnreg_tf.optimizers.SGD` (alternating rounds, `timing.interleaved_throughput`).
+  fused `bnreg_tf.run.optimizers.SGD` (alternating rounds, `timing.interleaved_throughput`).
 """
 import time
 
@@ -14,8 +14,10 @@ import keras
 import tensorflow as tf
 
 import resnet
+from bnreg_tf.run import models
 from benchmarks.timing import interleaved_throughput
-from bnreg_tf import optimizers, penalties
+from bnreg_tf.run import optimizers
+from bnreg_tf.nn import penalties
 
 MOMENT_SHAPES = ((32, 16, 16, 64), (32, 16, 16, 256), (32, 8, 8, 512), (32, 4, 4, 2048))
 # (map side, C_in, C_out) of ResNet-50's pointwise convolutions at 64 px, stages 2-5.
@@ -77,9 +79,9 @@ def pointwise_rows(batch_size=32):
 def sgd_rows(image_size=64, batch_size=32, steps=10):
     """Yields `(optimizer, images/s)` of one ResNet-50 (two identical copies) per optimizer."""
     shape = (image_size, image_size, 3)
-    models = [resnet.build_model("resnet50", num_classes=1000, input_shape=shape, seed=0)
+    models = [models.build("resnet50", num_classes=1000, input_shape=shape, seed=0)
               for _ in range(2)]
     rates = interleaved_throughput(models, batch_size, 1000, steps,
                                    sgds=[keras.optimizers.SGD, optimizers.SGD])
     yield "keras.optimizers.SGD", rates[0]
-    yield "bnreg_tf.optimizers.SGD (fused)", rates[1]
+    yield "bnreg_tf.run.optimizers.SGD (fused)", rates[1]

@@ -15,12 +15,13 @@ CHILD = r"""
 import contextlib, json, sys
 spec = json.loads(sys.argv[1])
 import keras
+from bnreg_tf.run import models
 
 
 def build(spec):
     if spec["family"] == "resnet":
         import resnet
-        return resnet.build_model(spec["model"], num_classes=spec["classes"],
+        return models.build(spec["model"], num_classes=spec["classes"],
                                   input_shape=tuple(spec["shape"]), norm=spec["norm"])
     if spec["family"] == "efficientnet":
         import efficientnet

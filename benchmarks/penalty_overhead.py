@@ -8,6 +8,7 @@ so its row is compared with that network without the KL layers (coefficient 0 le
 layers out).
 """
 import resnet
+from bnreg_tf.run import models
 from benchmarks.timing import interleaved_throughput
 
 CASES = (("none", dict(norm="fixup")),
@@ -21,7 +22,7 @@ def rows(image_size=64, batch_size=32, steps=10):
     """Yields `(model, penalty, images/s, slowdown vs its "none")` rows."""
     for name, shape, classes in (("wrn16_4", (32, 32, 3), 10),
                                  ("resnet50", (image_size, image_size, 3), 1000)):
-        models = [resnet.build_model(name, num_classes=classes, input_shape=shape, **kwargs)
+        models = [models.build(name, num_classes=classes, input_shape=shape, **kwargs)
                   for _, kwargs in CASES]
         rates = interleaved_throughput(models, batch_size, classes, steps)
         for index, ((label, _), rate) in enumerate(zip(CASES, rates)):

@@ -10,6 +10,7 @@ import numpy as np
 
 import efficientnet
 import resnet
+from bnreg_tf.run import models
 from benchmarks.timing import dtype_policy, interleaved_throughput
 
 POLICIES = ("float32", "mixed_bfloat16")
@@ -17,9 +18,9 @@ POLICIES = ("float32", "mixed_bfloat16")
 
 def _models(image_size):
     return (
-        ("resnet50", f"{image_size} px", 1000, lambda: resnet.build_model(
+        ("resnet50", f"{image_size} px", 1000, lambda: models.build(
             "resnet50", num_classes=1000, input_shape=(image_size, image_size, 3))),
-        ("wrn16_4", "32 px", 10, lambda: resnet.build_model("wrn16_4", num_classes=10)),
+        ("wrn16_4", "32 px", 10, lambda: models.build("wrn16_4", num_classes=10)),
         ("efficientnet b0", f"{image_size} px", 1000, lambda: efficientnet.build_model(
             "b0", num_classes=1000, input_shape=(image_size, image_size, 3))),
     )
@@ -48,7 +49,7 @@ def loss_curves(steps=30, batch_size=32, seed=0):
     curves = {}
     for policy in POLICIES:
         with dtype_policy(policy):
-            model = resnet.build_model("wrn16_4", num_classes=10, seed=seed)
+            model = models.build("wrn16_4", num_classes=10, seed=seed)
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                       loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
         curves[policy] = [float(model.train_on_batch(images[batches[i % 4]],

@@ -3,13 +3,14 @@
 Issues 3 and 17. Same input size, batch and classes for both ResNet-50s, measured in the
 same run, both with the compilation mode bnreg picks for the device (graph mode on a CPU).
 keras.applications' model trains with `keras.optimizers.SGD`, ours with the trainer's fused
-`bnreg_tf.optimizers.SGD`; the "before issue 17" rows are the same bnreg networks with Keras'
+`bnreg_tf.run.optimizers.SGD`; the "before issue 17" rows are the same bnreg networks with Keras'
 BatchNormalization, Conv2D and SGD.
 """
 import keras
 
 import resnet
-from bnreg_tf import optimizers
+from bnreg_tf.run import models
+from bnreg_tf.run import optimizers
 from benchmarks.timing import conv_dense_flops, interleaved_throughput, keras_layers
 
 
@@ -20,9 +21,9 @@ def rows(image_size=64, batch_size=32, steps=10):
     Train FLOPs are 3x the analytic forward FLOPs of the conv and dense layers.
     """
     shape = (image_size, image_size, 3)
-    ours = resnet.build_model("resnet50", num_classes=1000, input_shape=shape, norm="batchnorm")
+    ours = models.build("resnet50", num_classes=1000, input_shape=shape, norm="batchnorm")
     with keras_layers():
-        before = resnet.build_model("resnet50", num_classes=1000, input_shape=shape,
+        before = models.build("resnet50", num_classes=1000, input_shape=shape,
                                     norm="batchnorm")
     theirs = keras.applications.ResNet50(weights=None, input_shape=shape, classes=1000,
                                          classifier_activation=None)
@@ -34,10 +35,10 @@ def rows(image_size=64, batch_size=32, steps=10):
     for (label, model), rate in zip(pairs, rates):
         flops = 3 * conv_dense_flops(model) / 1e9
         yield label, flops, rate, flops * rate, rate / rates[0]
-    wrns = [(norm, resnet.build_model("wrn16_4", num_classes=10, norm=norm))
+    wrns = [(norm, models.build("wrn16_4", num_classes=10, norm=norm))
             for norm in resnet.NORM_MODES]
     with keras_layers():
-        wrns.append(("batchnorm before issue 17", resnet.build_model("wrn16_4", num_classes=10,
+        wrns.append(("batchnorm before issue 17", models.build("wrn16_4", num_classes=10,
                                                                      norm="batchnorm")))
     rates = interleaved_throughput([model for _, model in wrns], batch_size, 10, steps,
                                    sgds=[optimizers.SGD] * (len(wrns) - 1) + [keras.optimizers.SGD])

@@ -7,7 +7,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnreg_tf import batchnorm, choose_jit_compile, conv, optimizers
+from bnreg_tf.nn import batchnorm, conv
+from bnreg_tf.run.strategies import choose_jit_compile
+from bnreg_tf.run import optimizers
 
 
 def conv_dense_flops(model):

@@ -1,4 +1,4 @@
-"""EfficientNet TPU reference input preprocessing (REFERENCE.md section 5).
+"""EfficientNet TPU reference input preprocessing (docs/references.md §5).
 
 Train: random crop (min object covered 0.1, aspect 3/4..4/3, area 0.08..1, 10 attempts; when no
 attempt succeeds, i.e. the sampler returns the whole image, the eval centre crop instead), bicubic

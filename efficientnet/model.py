@@ -1,17 +1,18 @@
-"""EfficientNet-B0..B8 and L2 following the TPU reference (REFERENCE.md section 5).
+"""EfficientNet-B0..B8 and L2 following the TPU reference (docs/references.md §5).
 
 One builder over two tables (`params.B0_ROWS`, `params.SCALING`). Conv kernels are normal with
 std sqrt(2 / fan_out) (not truncated), the classifier uniform +-1/sqrt(K), BN momentum 0.99 and
-epsilon 1e-3. Stochastic depth is per sample (`bnreg_tf.layers.StochasticDepth`).
+epsilon 1e-3. Stochastic depth is per sample (`bnreg_tf.nn.layers.StochasticDepth`).
 """
 import string
 
 import keras
 
-from bnreg_tf import batchnorm, conv
-from bnreg_tf.heads import classifier_head, with_head_penalties
-from bnreg_tf.init import Seeds, he_normal_fan_out
-from bnreg_tf.layers import StochasticDepth
+from bnreg_tf.nn import batchnorm, conv
+from bnreg_tf.nn.heads import classifier_head
+from bnreg_tf.nn.init import Seeds, he_normal_fan_out
+from bnreg_tf.nn.layers import StochasticDepth
+from bnreg_tf.nn.regularization import regularize
 from efficientnet.params import HEAD_FILTERS, SCALING, STEM_FILTERS, drop_rates, round_filters, scaled_rows
 
 
@@ -58,21 +59,20 @@ class _Builder:
 
 
 def build_model(variant, *, num_classes, input_shape=None, dropout=None, survival_prob=0.8,
-                embedding_l2=0.0, functional_l2=0.0, batch_norm_momentum=0.99,
-                batch_norm_epsilon=1e-3, seed=None):
+                batch_norm_momentum=0.99, batch_norm_epsilon=1e-3, seed=None, **penalties):
     """EfficientNet `variant` (b0..b8, l2); returns an uncompiled `keras.Model` with bnreg's output
     contract `{"logits": [B, K], "embedding": [B, H]}` (H = the head width, 1280 for B0;
     the embedding is the global average pool, before Dropout; logits in float32).
 
     Inputs: float images [B, R, R, 3] normalised with ImageNet's mean/std on the 0..255 scale
-    (`efficientnet.preprocess`); no preprocessing is inside the model. It takes what any Keras
+    (`efficientnet.input_pipeline.preprocess`); no preprocessing is inside the model. It takes what any Keras
     model takes: arrays, tensors or a `tf.data.Dataset`. `input_shape` defaults to the
     variant's resolution R.
 
     `dropout=None` uses the variant's reference rate; `dropout=0` is the paper's no-Dropout
     baseline. `survival_prob` is the keep probability of the last block's drop-connect (1.0
-    disables stochastic depth). `embedding_l2`, `functional_l2` attach `EmbeddingL2` and
-    `FunctionalL2` through `bnreg_tf.regularize`. `seed` (int or None) makes the initial weights,
+    disables stochastic depth). `**penalties` are coefficients by their names in
+    `bnreg_tf.nn.PENALTIES` (`embedding_l2=0.1`, ...), attached by `bnreg_tf.regularize`. `seed` (int or None) makes the initial weights,
     the drop-connect masks and the Dropout masks reproducible.
     """
     if variant not in SCALING:
@@ -104,6 +104,5 @@ def build_model(variant, *, num_classes, input_shape=None, dropout=None, surviva
         embedding, num_classes,
         kernel_initializer=keras.initializers.RandomUniform(-limit, limit, builder.next_seed()))
     model = keras.Model(inputs, outputs, name=f"efficientnet_{variant}")
-    return with_head_penalties(
-        model, embedding_l2=embedding_l2, functional_l2=functional_l2,
-        dropout=scaling.dropout if dropout is None else dropout, seed=seed)
+    return regularize(model, dropout=scaling.dropout if dropout is None else dropout, seed=seed,
+                      **penalties)

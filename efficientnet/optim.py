@@ -1,4 +1,4 @@
-"""The EfficientNet TPU reference's optimizer, weight average and schedule (REFERENCE.md section 5).
+"""The EfficientNet TPU reference's optimizer, weight average and schedule (docs/references.md §5).
 
 Keras 3's `RMSprop` differs from the reference's TF1 `RMSPropOptimizer` (its rms slot starts at
 zero, so the first steps are huge) and its `use_ema` averages trainable weights only, from step 0,

@@ -1,4 +1,4 @@
-"""EfficientNet architecture tables (Tan & Le 2019; the TPU reference, REFERENCE.md section 5)."""
+"""EfficientNet architecture tables (Tan & Le 2019; the TPU reference, docs/references.md §5)."""
 import dataclasses
 import math
 

@@ -1,5 +1,5 @@
-"""The normalisation modes of bnreg's ResNets: the paper's BatchNorm ablations (Table 1-2;
-REFERENCE.md sections 2 and 4) and the normalizer-free lineage after it (issue 18).
+"""The normalisation modes of bnreg's ResNets: the paper's BatchNorm ablations (Tables 1-2;
+docs/references.md §2 and §4) and the normalizer-free lineage after it (issue 18; §6).
 
 Each mode is one row of `MODES`. A `NormPolicy` decides, from its row, what sits at each place
 where BatchNorm would sit ("norm site"), which scalars surround the convolutions and end the
@@ -10,12 +10,10 @@ import dataclasses
 
 import keras
 
-import bnreg_tf.conv
-from bnreg_tf import batchnorm, init, nf
-from bnreg_tf.init import Seeds
-from bnreg_tf import layers as bl
-from bnreg_tf.heads import classifier_head
-from bnreg_tf.regularization import attach_kl
+from bnreg_tf.nn import batchnorm, conv, init, nf
+from bnreg_tf.nn import layers as bl
+from bnreg_tf.nn.heads import classifier_head
+from bnreg_tf.nn.init import Seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +77,7 @@ class NormPolicy:
       classifier, as the reference (`fc_init=jnp.zeros`). ResNet v1 keeps its post-activation
       blocks (`relu(x + gain * f(x))`, the identity at init on the non-negative stream).
     - nf_resnet (Brock et al. 2021a, section 4; the reference is `nfnets/nf_resnet.py`): no
-      normalization; every convolution a `bnreg_tf.nf.ScaledStdConv2D` (with bias) whose gamma
+      normalization; every convolution a `bnreg_tf.nn.nf.ScaledStdConv2D` (with bias) whose gamma
       is the activation's (1 for the stem, which reads the images); blocks
       `x + alpha * gain * f(act(x) / beta)` with alpha = 0.2, beta the expected std of the
       stream (`nf.StreamVariance`) and the projection shortcut reading `act(x) / beta`; `gain`
@@ -88,18 +86,18 @@ class NormPolicy:
       `fc_init`). NF-ResNets are pre-activation: in ResNet v1 the ReLU after each Add and after
       the stem moves to the start of the next branch and before the final pool (`preactivation`),
       which makes `resnet50` the reference's NF-ResNet-50.
-    `kl` > 0 puts a `StandardizationKL` on the input of every norm site (`attach_kl`, the code
-    `regularize` uses; named after the layer it measures, e.g. `stage1_block0_conv1_kl`). In
-    the post-activation ResNet v1 these are the places `regularize` picks on the plain network
-    (after each conv that feeds an activation, before the residual Add), except that Fixup's
-    branch-end multiplier comes before the site; in the pre-activation WRN they are where BN
-    sits, on the residual stream after the Add.
+    Every norm site's input is recorded in `sites`, in build order: the builders hand them to
+    `regularize(norm_sites=...)`, which puts the norm-site penalties there (KL standardization,
+    named after the layer it measures, e.g. `stage1_block0_conv1_kl`). In the post-activation
+    ResNet v1 these are the places `regularize` would pick on a plain network (after each conv
+    that feeds an activation, before the residual Add), except that Fixup's branch-end
+    multiplier comes before the site; in the pre-activation WRN they are where BN sits, on the
+    residual stream after the Add.
     """
 
     mode: str
     num_blocks: int
     layers_per_branch: int
-    kl: float = 0.0
     activation: str = "relu"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
@@ -108,8 +106,8 @@ class NormPolicy:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"norm must be one of {', '.join(NORM_MODES)}; got {self.mode!r}")
-        self.kl = bl.check_coefficient(self.kl, "standardization_kl")
         self.row = MODES[self.mode]
+        self.sites = []
         self.stream = nf.StreamVariance(nf.ALPHA)
 
     @property
@@ -121,8 +119,10 @@ class NormPolicy:
         """Whether ResNet v1 is built with pre-activation blocks (NF-ResNet)."""
         return self.row.normalizer_free
 
-    def _kl(self, x):
-        return attach_kl(x, self.kl)
+    def _site_input(self, x):
+        """Records `x`, the input of a norm site (see the class docstring)."""
+        self.sites.append(x)
+        return x
 
     def _bn(self, x, name, zero_gamma=False):
         return batchnorm.BatchNormalization(
@@ -137,7 +137,7 @@ class NormPolicy:
 
         `fixup_bias=False` where the Fixup reference has no bias (after a projection shortcut).
         """
-        x = self._kl(x)
+        x = self._site_input(x)
         if self.row.sites == "batchnorm":
             return self._bn(x, name, zero_gamma)
         if self.row.sites == "fixup_bias" and fixup_bias:
@@ -147,7 +147,7 @@ class NormPolicy:
     def final_site(self, x, name, has_site):
         """The final feature map before the pool: the single BN, or a regular site if any."""
         if self.row.single_bn:
-            return self._bn(self._kl(x), name)
+            return self._bn(self._site_input(x), name)
         return self.site(x, name) if has_site else x
 
     def pre_conv(self, x, name):
@@ -188,7 +188,7 @@ class NormPolicy:
             initializer = self.conv_init(last_in_branch=role == "branch_last")
         else:
             initializer = self.plain_conv_init()
-        return bnreg_tf.conv.Conv2D(
+        return conv.Conv2D(
             filters, kernel, strides=stride, padding="same",
             use_bias=self.row.conv_bias and role != "stem", kernel_initializer=initializer,
             name=name,

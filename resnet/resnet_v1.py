@@ -9,12 +9,11 @@ pre-activation, `x + alpha * f(act(x) / beta)` with no ReLU after the Add or the
 before the pool: the reference's NF-ResNet (`resnet.norm.NormPolicy`).
 """
 import dataclasses
-import re
 
 import keras
 
-from bnreg_tf.heads import with_head_penalties
-from bnreg_tf.init import Seeds
+from bnreg_tf.nn.init import Seeds
+from bnreg_tf.nn.regularization import regularize
 from resnet.norm import NormPolicy, activation_layer
 
 
@@ -41,17 +40,6 @@ RESNETS = {
     101: ResNetSpec(True, (3, 4, 23, 3)),
     152: ResNetSpec(True, (3, 8, 36, 3)),
 }
-
-
-def parse_resnet(name):
-    """`resnet50` -> RESNETS[50]; None if `name` is not a ResNet name."""
-    match = re.fullmatch(r"resnet(\d+)", name)
-    if not match:
-        return None
-    depth = int(match.group(1))
-    if depth not in RESNETS:
-        raise ValueError(f"model {name!r}: ResNet depth must be one of {sorted(RESNETS)}")
-    return RESNETS[depth]
 
 
 def residual_block(x, filters, stride, spec, policy, activation, name):
@@ -84,11 +72,15 @@ def residual_block(x, filters, stride, spec, policy, activation, name):
     return y if policy.preactivation else activation_layer(activation, f"{name}_out")(y)
 
 
-def build_resnet_v1(spec, *, num_classes, input_shape, norm, activation, dropout,
-                    standardization_kl, embedding_l2, functional_l2, seed, name="resnet"):
+def build_resnet_v1(spec, *, num_classes, input_shape=(224, 224, 3), norm="batchnorm",
+                    activation="relu", dropout=0.0, seed=None, name="resnet", **penalties):
+    """ResNet v1 of `spec` (`RESNETS[50]` is ResNet-50); returns an uncompiled `keras.Model`
+    named `<name>_<norm>` with bnreg's output contract `{"logits": [B, K], "embedding": [B, H]}`
+    (H = 2048 for ResNet-50; logits in float32). The arguments are `build_wide_resnet`'s.
+    """
     policy = NormPolicy(norm, num_blocks=sum(spec.stage_sizes),
-                        layers_per_branch=spec.layers_per_branch, kl=standardization_kl,
-                        activation=activation, seeds=Seeds(seed))
+                        layers_per_branch=spec.layers_per_branch, activation=activation,
+                        seeds=Seeds(seed))
     inputs = keras.Input(input_shape, name="images")
     x = policy.conv(inputs, spec.stem_width, 7, 2, "stem_conv", "stem")
     x = policy.site(x, "stem_site")
@@ -106,5 +98,5 @@ def build_resnet_v1(spec, *, num_classes, input_shape, norm, activation, dropout
     embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = policy.head(embedding, num_classes)
     model = keras.Model(inputs, outputs, name=f"{name}_{norm}")
-    return with_head_penalties(model, embedding_l2=embedding_l2, functional_l2=functional_l2,
-                               dropout=dropout, seed=seed)
+    return regularize(model, dropout=dropout, seed=seed, norm_sites=policy.sites,
+                      **penalties)

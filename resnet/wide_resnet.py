@@ -11,13 +11,15 @@ import re
 
 import keras
 
-from bnreg_tf.heads import with_head_penalties
-from bnreg_tf.init import Seeds
+from bnreg_tf.nn.init import Seeds
+from bnreg_tf.nn.regularization import regularize
 from resnet.norm import NormPolicy, activation_layer
 
 
 @dataclasses.dataclass(frozen=True)
 class WideResNetSpec:
+    """WRN-d-k: `depth` d = 6n + 4 (n blocks per group), `width` k (the widening factor)."""
+
     depth: int
     width: int
 
@@ -29,16 +31,22 @@ class WideResNetSpec:
     def widths(self):
         return (16 * self.width, 32 * self.width, 64 * self.width)
 
+    def __post_init__(self):
+        if self.depth < 10 or (self.depth - 4) % 6 or self.width < 1:
+            raise ValueError(f"WRN-{self.depth}-{self.width}: depth must be 6n+4 >= 10 and "
+                             "width >= 1")
+
+
+NAME_PATTERN = "wrn<depth>_<width>"
+
 
 def parse_wrn(name):
-    """`wrn28_10` -> WideResNetSpec(28, 10); None if `name` is not a WRN name."""
+    """`wrn28_10` -> WideResNetSpec(28, 10); None if `name` is not a WRN name (the one place
+    the name pattern is read)."""
     match = re.fullmatch(r"wrn(\d+)_(\d+)", name)
     if not match:
         return None
-    depth, width = int(match.group(1)), int(match.group(2))
-    if depth < 10 or (depth - 4) % 6 or width < 1:
-        raise ValueError(f"model {name!r}: WRN depth must be 6n+4 >= 10 and width >= 1")
-    return WideResNetSpec(depth, width)
+    return WideResNetSpec(int(match.group(1)), int(match.group(2)))
 
 
 def wide_block(x, filters, stride, policy, activation, name):
@@ -57,11 +65,25 @@ def wide_block(x, filters, stride, policy, activation, name):
     return keras.layers.Add(name=f"{name}_add")([x, y])
 
 
-def build_wide_resnet(spec, *, num_classes, input_shape, norm, activation, dropout,
-                      standardization_kl, embedding_l2, functional_l2, seed):
+def build_wide_resnet(spec, *, num_classes, input_shape=(32, 32, 3), norm="batchnorm",
+                      activation="relu", dropout=0.0, seed=None, **penalties):
+    """WRN-`spec.depth`-`spec.width`; returns an uncompiled `keras.Model` with bnreg's output
+    contract `{"logits": [B, K], "embedding": [B, 64k]}` (logits in float32).
+
+    Inputs: float images [B, H, W, C] normalised per channel, `(x - mean) / std` on the 0..255
+    scale (what `bnreg_tf.data` gives); no preprocessing is inside the model. It takes what any
+    Keras model takes: arrays, tensors or a `tf.data.Dataset` in `fit`/`predict`.
+    `norm` is one of `resnet.NORM_MODES` (the paper's Table 1 ablations and the normalizer-free
+    modes, `resnet.norm.NormPolicy`); `activation` `relu` or `swish` (paper section 4.1, rho
+    initialised to 0). `dropout` acts on the embedding, before the classifier; `**penalties`
+    are coefficients by their names in `bnreg_tf.nn.PENALTIES` (`embedding_l2=0.1`, ...),
+    attached by `regularize` (norm-site penalties where this network's BatchNorm sits). `seed`
+    (int or None) makes the initial weights and the Dropout masks reproducible: same seed, same
+    model.
+    """
     n = spec.blocks_per_group
-    policy = NormPolicy(norm, num_blocks=3 * n, layers_per_branch=2, kl=standardization_kl,
-                        activation=activation, seeds=Seeds(seed))
+    policy = NormPolicy(norm, num_blocks=3 * n, layers_per_branch=2, activation=activation,
+                        seeds=Seeds(seed))
     inputs = keras.Input(input_shape, name="images")
     x = policy.conv(inputs, 16, 3, 1, "stem_conv", "stem")
     for group, (filters, stride) in enumerate(zip(spec.widths, (1, 2, 2)), start=1):
@@ -73,5 +95,5 @@ def build_wide_resnet(spec, *, num_classes, input_shape, norm, activation, dropo
     embedding = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = policy.head(embedding, num_classes)
     model = keras.Model(inputs, outputs, name=f"wrn{spec.depth}_{spec.width}_{norm}")
-    return with_head_penalties(model, embedding_l2=embedding_l2, functional_l2=functional_l2,
-                               dropout=dropout, seed=seed)
+    return regularize(model, dropout=dropout, seed=seed, norm_sites=policy.sites,
+                      **penalties)

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 import efficientnet
 import resnet
-from bnreg_tf import batchnorm
+from bnreg_tf.run import models
+from bnreg_tf.nn import batchnorm
 
 Fused = batchnorm.BatchNormalization
 
@@ -125,7 +126,7 @@ def test_channels_last_4d_runs_the_fused_kernel_and_nothing_else(rng):
 def test_nan_propagates_through_batchnorm_and_relu_in_an_inference_graph():
     """Keras' BN + ReLU propagate NaN; grappler's oneDNN `_FusedBatchNormEx` rewrite of
     FusedBatchNormV3 -> Relu maps it to 0, so inference (and the export) keeps Keras' path."""
-    model = resnet.build_model("wrn10_1", num_classes=3, input_shape=(8, 8, 1))
+    model = models.build("wrn10_1", num_classes=3, input_shape=(8, 8, 1))
     logits = tf.function(lambda images: model(images, training=False)["logits"])(
         np.full((4, 8, 8, 1), np.nan, np.float32))
     assert np.all(np.isnan(logits))
@@ -134,15 +135,15 @@ def test_nan_propagates_through_batchnorm_and_relu_in_an_inference_graph():
 def test_a_divergence_the_fused_training_graph_hides_still_logs_a_nan_loss():
     """Training allows the rewrite: NaN activations may give finite logits, but the Classifier
     logs NaN as soon as a gradient is non-finite (so NonFiniteGuard trips)."""
-    from bnreg_tf.training import Classifier
+    from bnreg_tf.run.training import Classifier
 
-    network = resnet.build_model("wrn10_1", num_classes=3, input_shape=(8, 8, 1))
+    network = models.build("wrn10_1", num_classes=3, input_shape=(8, 8, 1))
     model = Classifier(network, 3)
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     x = np.full((4, 8, 8, 1), np.nan, np.float32)
     logs = model.fit(x, np.zeros(4, np.int32), batch_size=4, verbose=0).history
     assert np.isnan(logs["loss"][0])
-    clean = Classifier(resnet.build_model("wrn10_1", num_classes=3, input_shape=(8, 8, 1)), 3)
+    clean = Classifier(models.build("wrn10_1", num_classes=3, input_shape=(8, 8, 1)), 3)
     clean.compile(optimizer=keras.optimizers.SGD(0.1))
     logs = clean.fit(np.ones_like(x), np.zeros(4, np.int32), batch_size=4, verbose=0).history
     assert np.isfinite(logs["loss"][0])
@@ -240,7 +241,7 @@ def test_mirrored_strategy_matches_one_device_per_replica(mirrored, rng):
 
 
 BUILDERS = {
-    "resnet": lambda: resnet.build_model("wrn10_1", num_classes=3, input_shape=(8, 8, 3),
+    "resnet": lambda: models.build("wrn10_1", num_classes=3, input_shape=(8, 8, 3),
                                          norm="batchnorm"),
     "efficientnet": lambda: efficientnet.build_model("b0", num_classes=3, input_shape=(32, 32, 3)),
 }

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnreg_tf import rundir, trainer
-from bnreg_tf.config import ConfigError
+from bnreg_tf.run import rundir, trainer
+from bnreg_tf.run.config import ConfigError
 from bnreg_tf.data import catalog, folder, pipeline
 from bnreg_tf.data.digits import digits_arrays
-from bnreg_tf.presets import PRESETS
+from bnreg_tf.run.presets import PRESETS
+from bnreg_tf.run import inputs
 
 DEFAULT = tf.distribute.get_strategy()  # the process strategy the binaries would pass
 
@@ -69,7 +70,7 @@ def test_every_own_flag_has_a_unit_and_a_default():
     from absl import flags
 
     from bnreg_tf.cli import help as cli_help
-    from bnreg_tf.flags import define_run_flags, flag_group
+    from bnreg_tf.run.flags import define_run_flags, flag_group
 
     values = flags.FlagValues()
     define_run_flags(values)
@@ -151,9 +152,9 @@ def test_normalisation_is_computed_from_the_training_split_and_stored(tmp_path):
     root = make_folder(str(tmp_path / "images"), with_test=True, per_class=4, grey=True)
     config = PRESETS["digits"].replace(dataset="folder", data_dir=root,
                                        model_dir=str(tmp_path / "run"))
-    spec, splits = catalog.plan_for(config)
+    spec, splits = inputs.plan(config)
     assert spec.channels == 1
-    prep = pipeline.preprocessing_for(config, spec.image_size, spec, splits)
+    prep = inputs.preprocessing_for(config, spec.image_size, spec, splits)
     _, paths, _ = folder.listing(root, "train")
     pixels = np.concatenate([tf.io.decode_image(tf.io.read_file(p), channels=1).numpy().ravel()
                              for p in paths[:splits.train_examples]]).astype(np.float64)
@@ -164,17 +165,17 @@ def test_normalisation_is_computed_from_the_training_split_and_stored(tmp_path):
     stored["mean"] = [1.0]
     with open(os.path.join(config.model_dir, "normalization.json"), "w") as f:
         json.dump(stored, f)
-    assert pipeline.preprocessing_for(config, 10, spec, splits).mean == (1.0,)  # read, not redone
+    assert inputs.preprocessing_for(config, 10, spec, splits).mean == (1.0,)  # read, not redone
 
 
 def test_every_model_family_builds_for_the_datas_channels():
-    from bnreg_tf.models import build_network, native_image_size
+    from bnreg_tf.run.models import build_network, native_image_size
 
     for model in ("efficientnet_b0", "resnet18", "wrn10_1"):
         config = PRESETS["digits"].replace(model=model, model_dir="/tmp/unused")
         spec = catalog.spec("digits")
         network = build_network(config, spec, native_image_size(config, spec))
-        prep = pipeline.preprocessing_for(config, native_image_size(config, spec))
+        prep = inputs.preprocessing_for(config, native_image_size(config, spec))
         images = prep.evaluate_batch(tf.constant(digits_arrays("test")[0][:2]))
         assert network(images)["logits"].shape == (2, 10), model
 

@@ -1,7 +1,7 @@
 """The per-device jit_compile choice recorded in BUILD_NOTES.md."""
 import tensorflow as tf
 
-from bnreg_tf import choose_jit_compile
+from bnreg_tf.run.strategies import choose_jit_compile
 
 
 def test_cpu_uses_graph_mode_not_xla(mirrored):

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from absl import flags
 
-from bnreg_tf import schedules
-from bnreg_tf.config import ConfigError, RunConfig, validate
+from bnreg_tf.run import schedules
+from bnreg_tf.run.config import ConfigError, RunConfig, validate
 from bnreg_tf.data import catalog
-from bnreg_tf.flags import config_from_flags, define_run_flags
-from bnreg_tf.models import build_network, native_image_size
-from bnreg_tf.presets import PRESETS
+from bnreg_tf.run.flags import config_from_flags, define_run_flags
+from bnreg_tf.run.models import build_network, native_image_size
+from bnreg_tf.run import preflight
+from bnreg_tf.run.presets import PRESETS
 
 
 def _preset(name, **changes):
@@ -78,20 +79,27 @@ def test_config_round_trips_through_json():
         RunConfig.from_json('{"bogus": 1}')
 
 
-BAD = [
+# What needs the model table, files or data: refused by the run's one preflight.
+NEEDS_PREFLIGHT = [
     (dict(model="resnet51"), "--model"),
     (dict(model="wrn27_10"), "--model"),
     (dict(dataset="not_a_dataset"), "--dataset"),
     (dict(dataset="folder", data_dir="/nonexistent"), "--data_dir"),
-    (dict(holdout_fraction=1.5), "--holdout_fraction"),
     (dict(dataset="cifar10", holdout_examples=100), "--holdout_examples"),
     (dict(init_from="/nonexistent"), "--init_from"),
     (dict(norm="layernorm"), "--norm"),
+    (dict(dropout=-1.0), "--dropout"),                       # reference rate: EfficientNet only
+    (dict(model_dir=""), "--model_dir"),
+    (dict(model="efficientnet_b0", norm="fixup"), "--norm"),
+    (dict(augment="randaugment"), "--augment"),              # digits are greyscale
+]
+# What a RunConfig checks by itself when it is made, touching no file, data or model.
+BAD = [
+    (dict(holdout_fraction=1.5), "--holdout_fraction"),
     (dict(embedding_l2=-0.1), "--embedding_l2"),
     (dict(functional_l2=math.nan), "--functional_l2"),
     (dict(weight_decay=math.inf), "--weight_decay"),
     (dict(dropout=1.0), "--dropout"),
-    (dict(dropout=-1.0), "--dropout"),                       # reference rate: EfficientNet only
     (dict(standardization_kl=0.1), "--standardization_kl"),  # needs fixup_standardize
     (dict(norm="skipinit", standardization_kl=0.1), "--standardization_kl"),
     (dict(norm="nf_resnet", standardization_kl=0.1), "--standardization_kl"),
@@ -104,30 +112,49 @@ BAD = [
     (dict(epochs=0), "--epochs"),
     (dict(precision="float8"), "--precision"),
     (dict(strategy="horovod"), "--strategy"),
-    (dict(model_dir=""), "--model_dir"),
-    (dict(model="efficientnet_b0", norm="fixup"), "--norm"),
-    (dict(augment="randaugment"), "--augment"),              # digits are greyscale
+    (dict(activation="gelu"), "--activation"),
 ]
 
 
 @pytest.mark.parametrize("changes,flag", BAD)
-def test_bad_values_are_rejected_naming_the_flag(changes, flag):
+def test_a_config_refuses_bad_values_when_made_without_any_io(changes, flag, monkeypatch):
     config = PRESETS["digits"].replace(model_dir="/tmp/unused")
+
+    def no_io(*args, **kwargs):
+        raise AssertionError("a RunConfig touched the file system while checking itself")
+
+    for name in ("open", "os.path.exists", "os.path.isdir", "os.listdir", "os.stat"):
+        monkeypatch.setattr(name if "." in name else f"builtins.{name}", no_io)
     with pytest.raises(ConfigError) as error:
-        validate(config.replace(**changes))
+        config.replace(**changes)
     message = str(error.value)
     assert message.startswith(flag) and "\n" not in message
 
 
+@pytest.mark.parametrize("changes,flag", NEEDS_PREFLIGHT)
+def test_the_preflight_refuses_what_needs_models_files_or_data(changes, flag):
+    config = PRESETS["digits"].replace(**{"model_dir": "/tmp/unused", **changes})   # valid
+    with pytest.raises(ConfigError) as error:
+        preflight.check(config)
+    message = str(error.value)
+    assert message.startswith(flag) and "\n" not in message
+
+
+def _splits(name, holdout):
+    splits = catalog.plan(name, holdout=holdout)[1]
+    if holdout:
+        return splits.train, splits.validation, splits.train_examples, splits.validation_examples
+    return splits.train, splits.test, splits.train_examples, splits.test_examples
+
+
 def test_split_plans_hold_out_the_papers_counts():
-    assert catalog.split_plan("cifar10", True) == ("train[:45000]", "train[45000:]", 45_000, 5_000)
-    assert catalog.split_plan("cifar10", False) == ("train", "test", 50_000, 10_000)
-    assert catalog.split_plan("svhn_cropped", True) == \
-        ("train[:70000]", "train[70000:]", 70_000, 3_257)
-    assert catalog.split_plan("imagenet2012", True)[2:] == (1_281_167 - 25_022, 25_022)
-    assert catalog.split_plan("imagenet2012", False)[1] == "validation"
-    assert catalog.split_plan("digits", True) == ("train", "validation", 1257, 180)
-    assert catalog.split_plan("digits", False) == ("train+validation", "test", 1437, 360)
+    assert _splits("cifar10", True) == ("train[:45000]", "train[45000:]", 45_000, 5_000)
+    assert _splits("cifar10", False) == ("train", "test", 50_000, 10_000)
+    assert _splits("svhn_cropped", True) == ("train[:70000]", "train[70000:]", 70_000, 3_257)
+    assert _splits("imagenet2012", True)[2:] == (1_281_167 - 25_022, 25_022)
+    assert _splits("imagenet2012", False)[1] == "validation"
+    assert _splits("digits", True) == ("train", "validation", 1257, 180)
+    assert _splits("digits", False) == ("train+validation", "test", 1437, 360)
 
 
 def test_goyal_schedule_at_chosen_epochs():

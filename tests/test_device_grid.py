@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import resnet
+from bnreg_tf.run import models
 from benchmarks import device_grid, run
 from benchmarks.device_grid import Cell
 
@@ -78,7 +79,7 @@ def _tiny_family():
 
     return device_grid.Family(
         "WRN-10-1", 8, 10,
-        lambda size, classes: resnet.build_model("wrn10_1", num_classes=classes,
+        lambda size, classes: models.build("wrn10_1", num_classes=classes,
                                                  input_shape=(size, size, 3), seed=None),
         theirs)
 

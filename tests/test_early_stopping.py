@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnreg_tf import early_stopping, trainer
-from bnreg_tf.config import ConfigError, validate
+from bnreg_tf.run import early_stopping, trainer
+from bnreg_tf.run.config import ConfigError
 from bnreg_tf.data.digits import digits_arrays
-from bnreg_tf.presets import PRESETS
+from bnreg_tf.run.presets import PRESETS
 
 DEFAULT = tf.distribute.get_strategy()
 STEPS = 3
@@ -53,9 +53,8 @@ def test_early_stopping_exports_the_best_holdout_epoch(tmp_path, monkeypatch):
 
 
 def test_early_stopping_needs_the_holdout():
-    config = PRESETS["digits"].replace(model_dir="/tmp/unused", early_stopping=True, holdout=False)
     with pytest.raises(ConfigError, match="--early_stopping: expected --holdout too"):
-        validate(config)
+        PRESETS["digits"].replace(model_dir="/tmp/unused", early_stopping=True, holdout=False)
     assert PRESETS["efficientnet_b8_imagenet"].early_stopping
 
 

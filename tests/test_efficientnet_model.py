@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import efficientnet
-from bnreg_tf.layers import StochasticDepth
+from bnreg_tf.nn.layers import StochasticDepth
 from efficientnet.params import round_filters, round_repeats
 
 # Trainable parameters of keras.applications.EfficientNetB0..B7 (Keras 3.15, 1000 classes) and of

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from efficientnet import input_pipeline as pp, optim
+from bnreg_tf.run import inputs
 
 LR, RHO, MOMENTUM, EPS, DECAY, BN_MOMENTUM = 0.05, 0.9, 0.9, 1e-3, 0.9999, 0.9
 
@@ -131,11 +132,12 @@ def test_schedule_at_chosen_steps_counts_epochs_in_examples():
 
 
 def test_efficientnet_presets_schedule_one_pass_of_the_training_split():
-    from bnreg_tf import schedules
-    from bnreg_tf.presets import preset
+    from bnreg_tf.run import schedules
+    from bnreg_tf.run.presets import preset
 
     config = preset("efficientnet_b8_imagenet")
-    schedule = schedules.make_schedule(config, steps_per_epoch=(1_281_167 - 25_022) // 2048)
+    train_examples = inputs.plan(config)[1].train_examples   # what bnreg-train passes
+    schedule = schedules.make_schedule(config, (1_281_167 - 25_022) // 2048, train_examples)
     assert schedule.steps_per_epoch == (1_281_167 - 25_022) / 2048  # the holdout is not trained on
     fixed = schedules.make_schedule(config.replace(steps_per_epoch=50), steps_per_epoch=50)
     assert fixed.steps_per_epoch == 50 and fixed.decay_steps == pytest.approx(120)
@@ -273,9 +275,9 @@ def test_preprocess_rejects_bad_input(rng):
 def test_randaugment_variant_flag_reaches_the_pipeline_and_is_validated():
     from absl import flags
 
-    from bnreg_tf import flags as run_flags
-    from bnreg_tf.config import ConfigError, validate
-    from bnreg_tf.data.pipeline import preprocessing_for
+    from bnreg_tf.run import flags as run_flags
+    from bnreg_tf.run.config import ConfigError, validate
+    from bnreg_tf.run.inputs import preprocessing_for
 
     values = flags.FlagValues()
     run_flags.define_run_flags(values)

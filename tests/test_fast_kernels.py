@@ -1,6 +1,6 @@
 """Issue 17's other fused kernels against what they replace: the pointwise convolution as a
-matmul (`bnreg_tf.conv.Conv2D` vs `keras.layers.Conv2D`) and SGD with momentum as one kernel
-(`bnreg_tf.optimizers.SGD` vs `keras.optimizers.SGD` and NumPy float64)."""
+matmul (`bnreg_tf.nn.conv.Conv2D` vs `keras.layers.Conv2D`) and SGD with momentum as one kernel
+(`bnreg_tf.run.optimizers.SGD` vs `keras.optimizers.SGD` and NumPy float64)."""
 import keras
 import numpy as np
 import pytest
@@ -8,8 +8,10 @@ import tensorflow as tf
 
 import efficientnet
 import resnet
-from bnreg_tf import conv, optimizers, schedules
-from bnreg_tf.config import RunConfig
+from bnreg_tf.run import models
+from bnreg_tf.nn import conv
+from bnreg_tf.run import optimizers, schedules
+from bnreg_tf.run.config import RunConfig
 
 
 def rel(a, b):
@@ -124,9 +126,9 @@ def test_sgd_under_mirrored_strategy_matches_one_device(mirrored, rng):
 
 def test_trainer_optimizer_and_keras_file_round_trip(tmp_path):
     config = RunConfig(momentum=0.9, nesterov=True, steps_per_epoch=10)
-    optimizer = schedules.make_optimizer(config, steps_per_epoch=10)
+    optimizer = optimizers.make_optimizer(config, steps_per_epoch=10)
     assert type(optimizer) is optimizers.SGD
-    model = resnet.build_model("wrn10_1", num_classes=3, input_shape=(8, 8, 3))
+    model = models.build("wrn10_1", num_classes=3, input_shape=(8, 8, 3))
     model.compile(optimizer, {"logits": keras.losses.SparseCategoricalCrossentropy(True)})
     x, y = np.ones((4, 8, 8, 3), np.float32), np.arange(4) % 3
     model.train_on_batch(x, {"logits": y})
@@ -142,7 +144,7 @@ def test_trainer_optimizer_and_keras_file_round_trip(tmp_path):
 @pytest.mark.parametrize("family", ["resnet", "efficientnet"])
 def test_checkpoints_of_keras_conv_and_sgd_restore(tmp_path, rng, monkeypatch, family):
     """Models and optimizer state saved before issue 17's kernels restore into the new ones."""
-    build = {"resnet": lambda: resnet.build_model("resnet18", num_classes=3, input_shape=(16, 16, 3)),
+    build = {"resnet": lambda: models.build("resnet18", num_classes=3, input_shape=(16, 16, 3)),
              "efficientnet": lambda: efficientnet.build_model("b0", num_classes=3,
                                                               input_shape=(32, 32, 3))}[family]
     with monkeypatch.context() as patch:

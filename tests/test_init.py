@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bnreg_tf import init
+from bnreg_tf.nn import init
 
 SHAPE = (3, 3, 32, 256)  # fan_out = 3 * 3 * 256 = 2304, 73,728 samples
 FAN_OUT = 3 * 3 * 256

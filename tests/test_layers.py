@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnreg_tf import layers, penalties
+from bnreg_tf.nn import layers, penalties
 from tests.test_penalties import np_kl, np_mean_sq_norm, rel_err
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnreg_tf import layers, penalties
+from bnreg_tf.nn import layers, penalties
 
 
 def rel_err(a, b):

@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 
 import resnet
-from bnreg_tf import layers as bl
-from bnreg_tf.param_groups import param_groups
+from bnreg_tf.run import models
+from bnreg_tf.nn import layers as bl
+from bnreg_tf.nn.param_groups import param_groups
 from resnet.resnet_v1 import ResNetSpec, build_resnet_v1
 
 PENALTIES = dict(dropout=0.1, standardization_kl=1e-3, embedding_l2=0.1, functional_l2=0.1)
@@ -37,7 +38,7 @@ def group_count(model, group):
     ])                                                             # bias, BN trainable
 def test_parameter_counts_in_every_mode(name, num_classes, published, blocks,
                                         scalars_per_block, width, conv_channels, stem):
-    counts = {norm: resnet.build_model(name, num_classes=num_classes, norm=norm)
+    counts = {norm: models.build(name, num_classes=num_classes, norm=norm)
               for norm in resnet.NORM_MODES}
     bn_model = counts["batchnorm"]
     assert trainable_count(bn_model) == published
@@ -64,7 +65,7 @@ def test_parameter_counts_in_every_mode(name, num_classes, published, blocks,
 
 
 TINY = {
-    "wrn10_1": lambda **kw: resnet.build_model("wrn10_1", input_shape=(8, 8, 3), **kw),
+    "wrn10_1": lambda **kw: models.build("wrn10_1", input_shape=(8, 8, 3), **kw),
     "basic_resnet": lambda **kw: build_resnet_v1(
         ResNetSpec(False, (1, 1, 1, 1), widths=(4, 8, 8, 8), stem_width=4),
         input_shape=(32, 32, 3), **kw),
@@ -126,7 +127,7 @@ def test_fixup_at_init(family, norm):
 
 
 def init_embedding_norm(name, norm, x):
-    model = resnet.build_model(name, num_classes=10, norm=norm, seed=3)
+    model = models.build(name, num_classes=10, norm=norm, seed=3)
     embedding = model(x, training=True)["embedding"].numpy().astype(np.float64)
     return np.mean(np.sum(embedding**2, axis=1))
 
@@ -144,7 +145,7 @@ def test_embedding_explodes_with_depth_only_without_normalization():
 
 def test_single_bn_tames_an_exploded_resnet50_feature_map():
     """Paper section 2.1: with conventional init the pre-BN ResNet-50 features are huge."""
-    model = resnet.build_model("resnet50", num_classes=1000, norm="single_bn",
+    model = models.build("resnet50", num_classes=1000, norm="single_bn",
                                input_shape=(64, 64, 3), seed=0)
     bn = model.get_layer("final_bn")
     probe = keras.Model(model.input, [bn.input, bn.output])
@@ -186,8 +187,8 @@ def test_param_groups_partition_the_trainable_variables():
 def test_bad_names_and_modes_are_rejected():
     for name in ("wrn27_10", "resnet42", "vgg16"):
         with pytest.raises(ValueError, match="model"):
-            resnet.build_model(name, num_classes=10)
+            models.build(name, num_classes=10)
     with pytest.raises(ValueError, match="norm must be one of"):
-        resnet.build_model("wrn10_1", num_classes=10, norm="groupnorm")
+        models.build("wrn10_1", num_classes=10, norm="groupnorm")
     with pytest.raises(ValueError, match="activation"):
-        resnet.build_model("wrn10_1", num_classes=10, activation="gelu")
+        models.build("wrn10_1", num_classes=10, activation="gelu")

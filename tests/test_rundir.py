@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnreg_tf.checkpoints import checkpoint_paths
+from bnreg_tf.run.checkpoints import checkpoint_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--epochs=2", "--steps_per_epoch=10", "--batch_size=32", "--checkpoint_steps=3",
@@ -114,7 +114,7 @@ def test_stop_on_signal_saves_at_the_current_step_between_periodic_checkpoints(t
     """In process: the step the signal arrived in is saved, and no validation pass runs."""
     import keras
 
-    from bnreg_tf import preemption
+    from bnreg_tf.run import preemption
 
     model = keras.Sequential([keras.Input([3]), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
@@ -281,8 +281,8 @@ def test_lock_write_failure_is_one_error_and_releases_the_lock(tmp_path, monkeyp
     """A full disk while writing the holder's line: ConfigError, and the lock is free again."""
     import errno
 
-    from bnreg_tf import rundir
-    from bnreg_tf.config import ConfigError
+    from bnreg_tf.run import rundir
+    from bnreg_tf.run.config import ConfigError
 
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -296,8 +296,8 @@ def test_lock_write_failure_is_one_error_and_releases_the_lock(tmp_path, monkeyp
 
 
 def test_a_dir_holding_only_the_study_record_of_a_failed_run_is_not_foreign(tmp_path):
-    from bnreg_tf import rundir
-    from bnreg_tf.presets import PRESETS
+    from bnreg_tf.run import rundir
+    from bnreg_tf.run.presets import PRESETS
 
     config = PRESETS["digits"].replace(model_dir=str(tmp_path / "run"))
     os.makedirs(config.model_dir)

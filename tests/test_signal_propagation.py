@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import resnet
-from bnreg_tf import report, study
-from bnreg_tf.diagnostics import SPP_FIELDS, SignalPropagation, gaussian_probe
+from bnreg_tf.run import models
+from bnreg_tf.study import report, runner as study
+from bnreg_tf.nn.signal_propagation import SPP_FIELDS, SignalPropagation, gaussian_probe
 
 EPS = 1e-3
 
@@ -141,7 +142,7 @@ def test_models_without_residual_blocks_are_refused():
 def test_finds_the_wide_resnet_blocks(norm):
     """The branch is measured before Fixup's scale and the zero-initialised SkipInit/NF gains."""
     branch_end = "conv2"
-    model = resnet.build_model("wrn10_1", num_classes=10, input_shape=(8, 8, 1), norm=norm,
+    model = models.build("wrn10_1", num_classes=10, input_shape=(8, 8, 1), norm=norm,
                                seed=0)
     monitor = SignalPropagation(model, gaussian_probe((8, 8, 1), 8))
     rows = monitor.measure()
@@ -160,7 +161,7 @@ def test_finds_the_wide_resnet_blocks(norm):
 
 
 def test_finds_the_resnet18_blocks():
-    model = resnet.build_model("resnet18", num_classes=10, input_shape=(32, 32, 3), seed=0)
+    model = models.build("resnet18", num_classes=10, input_shape=(32, 32, 3), seed=0)
     monitor = SignalPropagation(model, gaussian_probe((32, 32, 3), 4))
     names = [f"stage{s}_block{b}" for s in (1, 2, 3, 4) for b in (0, 1)]
     rows = monitor.measure()

@@ -2,9 +2,9 @@
 import pytest
 import tensorflow as tf
 
-from bnreg_tf import make_strategy
-from bnreg_tf.config import ConfigError
-from bnreg_tf.strategies import check_batch_split, is_chief
+from bnreg_tf.run.strategies import make_strategy
+from bnreg_tf.run.config import ConfigError
+from bnreg_tf.run.strategies import check_batch_split, is_chief
 
 
 def test_default_and_one_device_strategies():

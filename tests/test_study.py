@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from bnreg_tf import report
+from bnreg_tf.study import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--epochs=1", "--steps_per_epoch=5", "--batch_size=32", "--norm_probe_size=16"]
@@ -273,7 +273,7 @@ def test_caveats_say_what_the_data_cannot_show():
 
 
 def test_selection_takes_the_best_median_and_breaks_ties_to_the_smaller_setting():
-    from bnreg_tf import study as study_lib
+    from bnreg_tf.study import runner as study_lib
 
     grid = study_lib.make_study("default", {}, ["fixup_el2"], ["0"], ["0.1", "0.2", "0.3"],
                                 "/tmp/unused", "paper", ["0.1", "0.2"], 3)
@@ -295,7 +295,7 @@ def test_selection_takes_the_best_median_and_breaks_ties_to_the_smaller_setting(
 
 def test_default_study_draws_figure_3_with_the_batchnorm_reference(tmp_path):
     """The default study's own grid, through the report code with synthetic run records."""
-    from bnreg_tf import study as study_lib
+    from bnreg_tf.study import runner as study_lib
 
     grid = study_lib.make_study("default", {}, output_dir=str(tmp_path))
     rng = np.random.default_rng(0)

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bnreg_tf import callbacks as cb, trainer
+from bnreg_tf.run import callbacks as cb, trainer
 from bnreg_tf.data import catalog, pipeline
 from bnreg_tf.data.digits import digits_arrays
-from bnreg_tf.models import build_network
-from bnreg_tf.presets import PRESETS
-from bnreg_tf.training import Classifier
+from bnreg_tf.run.models import build_network
+from bnreg_tf.run.presets import PRESETS
+from bnreg_tf.run.training import Classifier
+from bnreg_tf.run import inputs
 
 DEFAULT = tf.distribute.get_strategy()  # the process strategy the binaries would pass
 
@@ -25,7 +26,7 @@ def _config(**changes):
 
 def _batch(size=32):
     images, labels = digits_arrays("train")
-    prep = pipeline.preprocessing_for(_config(), 8)
+    prep = inputs.preprocessing_for(_config(), 8)
     return prep.normalize(images[:size]).numpy(), labels[:size]
 
 
@@ -122,14 +123,14 @@ def test_mirrored_training_step_matches_one_device(mirrored):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     config = _config(model_dir=str(tmp_path / "run"), epochs=3, steps_per_epoch=4,
                      checkpoint_steps=2, export=False)
-    original = pipeline.train_dataset
+    original = inputs.train_dataset
 
     def poisoned(*args, **kwargs):  # images become NaN from the 7th batch on
         dataset = original(*args, **kwargs).enumerate()
         return dataset.map(lambda i, batch: (
             batch[0] * tf.where(i >= 6, float("nan"), 1.0), batch[1]))
 
-    monkeypatch.setattr(pipeline, "train_dataset", poisoned)
+    monkeypatch.setattr(inputs, "train_dataset", poisoned)
     with pytest.raises(cb.NonFiniteLoss) as error:
         trainer.train(config, DEFAULT, log=lambda *_: None)
     message = str(error.value)

@@ -5,11 +5,11 @@ import sys
 
 from absl import flags
 
-from bnreg_tf.callbacks import NonFiniteLoss
+from bnreg_tf.run.callbacks import NonFiniteLoss
 from bnreg_tf.cli import help as cli_help
-from bnreg_tf.config import ConfigError
+from bnreg_tf.run.config import ConfigError
 from bnreg_tf.data.catalog import DataError
-from bnreg_tf.preemption import EXIT_STATUS as PREEMPTED_STATUS, Preempted
+from bnreg_tf.run.preemption import EXIT_STATUS as PREEMPTED_STATUS, Preempted
 
 
 def _fail(name, message, status=2):

@@ -11,13 +11,14 @@ from absl import flags
 
 from bnreg_tf.cli import initialize_devices
 from bnreg_tf.cli.errors import run_main
-from bnreg_tf.config import ConfigError
+from bnreg_tf.files import write_atomically
+from bnreg_tf.run.config import ConfigError
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
-    from bnreg_tf.flags import set_group
+    from bnreg_tf.run.flags import set_group
 
     flags.DEFINE_string("saved_model", None, "SavedModel directory written by bnreg-train [path] "
                         "(required; e.g. runs/wrn/export)")
@@ -46,7 +47,7 @@ def define_flags():
 
 
 def main():
-    from bnreg_tf import evaluate, rundir
+    from bnreg_tf.run import evaluate, rundir
     from bnreg_tf.data import pipeline
 
     if not FLAGS.saved_model:
@@ -77,7 +78,7 @@ def main():
                                                  FLAGS.dropout_draws, FLAGS.seed)}
     if FLAGS.cifar10_c == "yes" or (FLAGS.cifar10_c == "auto" and dataset == "cifar10"):
         results["cifar10_c"] = evaluate.cifar10_c(loaded, data_dir, FLAGS.batch_size, limit)
-    rundir.write_atomically(output, json.dumps(results, indent=2))
+    write_atomically(output, json.dumps(results, indent=2))
     print(evaluate.format_report(results))
     print(f"bnreg-eval: wrote {output}")
     return 0

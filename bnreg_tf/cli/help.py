@@ -3,12 +3,12 @@
 The binaries parse their flags in `bnreg_tf.cli.errors.run_main`, outside `absl.app`, so the help
 flags are answered there, before parsing, for every binary alike; both exit 0.
 Each flag of a binary is listed under one group: RunConfig fields carry theirs
-(`bnreg_tf.config`); other flags are placed with `bnreg_tf.flags.set_group`.
+(`bnreg_tf.run.config`); other flags are placed with `bnreg_tf.run.flags.set_group`.
 """
 import sys
 import textwrap
 
-from bnreg_tf.flags import GROUP_ORDER, flag_group
+from bnreg_tf.run.flags import GROUP_ORDER, flag_group
 
 SHORT = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
 FULL = ("--helpfull", "-helpfull")

@@ -20,8 +20,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    from bnreg_tf.flags import define_run_flags, set_group
-    from bnreg_tf.study import PROTOCOLS, STUDY_PRESETS, VARIANTS
+    from bnreg_tf.run.flags import define_run_flags, set_group
+    from bnreg_tf.study.runner import PROTOCOLS, STUDY_PRESETS, VARIANTS
 
     flags.DEFINE_string("preset", "default", f"Study [name]: {', '.join(STUDY_PRESETS)}")
     flags.DEFINE_list("variants", None, f"Variants to run [names]: a subset of "
@@ -55,9 +55,10 @@ def define_flags():
 
 
 def main():
-    from bnreg_tf import report, rundir, study
-    from bnreg_tf.flags import given_run_fields
-    from bnreg_tf.strategies import is_chief
+    from bnreg_tf.study import report, runner as study
+    from bnreg_tf.run import rundir
+    from bnreg_tf.run.flags import given_run_fields
+    from bnreg_tf.run.strategies import is_chief
 
     shard = study.parse_shard(FLAGS.shard)
     grid = study.make_study(FLAGS.preset, given_run_fields(FLAGS), FLAGS.variants, FLAGS.seeds,

@@ -7,7 +7,7 @@ from absl import flags
 
 from bnreg_tf.cli import initialize_devices
 from bnreg_tf.cli.errors import run_main
-from bnreg_tf.flags import config_from_flags, define_run_flags
+from bnreg_tf.run.flags import config_from_flags, define_run_flags
 
 FLAGS = flags.FLAGS
 
@@ -19,7 +19,7 @@ def define_flags(default_preset="digits"):
 
 
 def main():
-    from bnreg_tf import trainer
+    from bnreg_tf.run import trainer
 
     config = config_from_flags(FLAGS)
     strategy = initialize_devices(config)

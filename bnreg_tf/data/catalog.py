@@ -17,44 +17,12 @@ A training split is laid out `[train | holdout | carved test]`. With `holdout=Tr
 default) training uses the first part and validation the holdout; with `holdout=False` training
 also uses the holdout and there is no validation. The test split is scored once, at the end.
 """
-import dataclasses
 import functools
 import os
 
-from bnreg_tf.data import digits
-
-
-class DataError(RuntimeError):
-    """Data that cannot be read; the message is one line saying how to fix it."""
-
-
-# Per-channel mean and std of the training images on the 0..255 scale.
-IMAGENET_NORMALIZATION = ((0.485 * 255, 0.456 * 255, 0.406 * 255),
-                          (0.229 * 255, 0.224 * 255, 0.225 * 255))
-SMALL_IMAGE = 64          # images up to this side train at their size with pad-and-crop
-LARGE_IMAGE_SIZE = 224    # images above it, or of varying size: random-resized crops of this
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """What a run needs to know about a dataset."""
-
-    name: str                 # the --dataset value (a TFDS name, or "folder")
-    num_classes: int
-    image_size: int           # native training resolution (ImageNet: the crop size)
-    channels: int
-    train_examples: int       # the whole training split
-    holdout_examples: int     # the paper's holdout; 0 = none given (use the holdout flags)
-    test_split: str           # "test", "validation", or "" = carved off the training split
-    test_examples: int
-    augment: str              # default augmentation of the recipe
-    normalization: tuple = None   # (mean, std) per channel; None = from the training split
-    variable_size: bool = False   # images differ in size (a raw batch holds one image)
-    holdout_split: str = ""   # a split of its own playing the holdout (digits)
-    source: str = "tfds"      # tfds, digits or folder
-    image_key: str = "image"
-    label_key: str = "label"
-    class_names: tuple = ()
+from bnreg_tf.data import digits, folder
+from bnreg_tf.data.spec import (IMAGENET_NORMALIZATION, DataError, DatasetSpec, Splits,
+                                default_recipe)
 
 
 DATASETS = {
@@ -67,7 +35,7 @@ DATASETS = {
     "imagenet2012": DatasetSpec("imagenet2012", 1000, 224, 3, 1_281_167, 25_022, "validation",
                                 50_000, "goyal", IMAGENET_NORMALIZATION, variable_size=True),
 }
-FOLDER = "folder"
+FOLDER = folder.NAME
 
 CIFAR10_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "frosted_glass_blur", "motion_blur",
@@ -78,32 +46,6 @@ SEVERITIES = (1, 2, 3, 4, 5)
 IMAGENET_INSTRUCTIONS = (
     "ImageNet is a manual download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
     "{manual}, then run `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual}` once")
-
-
-def default_recipe(height, width, channels):
-    """`(image_size, augment, variable_size)` for a dataset the paper does not cover.
-
-    Small images of one size (side <= 64) train at their size with 4-px pad-and-crop, plus
-    flips for colour images (grey ones are often characters, which flips would corrupt); larger
-    or varying images take ImageNet's recipe: random-resized crops of 224 px and flips.
-    """
-    if height and width and max(height, width) <= SMALL_IMAGE:
-        return max(height, width), "crop_flip" if channels == 3 else "crop", height != width
-    if height and width and height == width:
-        return height, "goyal", False
-    return LARGE_IMAGE_SIZE, "goyal", True
-
-
-@dataclasses.dataclass(frozen=True)
-class Splits:
-    """The split strings of one run and their sizes; `validation` is None without holdout."""
-
-    train: str
-    train_examples: int
-    validation: str
-    validation_examples: int
-    test: str
-    test_examples: int
 
 
 def _share(total, holdout_examples, holdout_fraction, flag_name, dataset):
@@ -141,24 +83,17 @@ def plan_splits(spec, holdout=True, holdout_examples=0, holdout_fraction=0.1):
                   test, test_examples)
 
 
-def split_plan(name, holdout, data_dir=""):
-    """`(train_split, eval_split, train_examples, eval_examples)`: eval is the holdout with
-    `holdout=True`, else the test split (the paper's datasets; compatible with older callers)."""
-    splits = plan_splits(spec(name, data_dir), holdout)
-    if holdout:
-        return splits.train, splits.validation, splits.train_examples, splits.validation_examples
-    return splits.train, splits.test, splits.train_examples, splits.test_examples
-
-
-def plan_for(config):
-    """`(DatasetSpec, Splits)` of a RunConfig."""
-    dataset = spec(config.dataset, config.data_dir, config.download)
-    if config.dataset in DATASETS and (config.holdout_examples or config.holdout_fraction != 0.1):
-        raise DataError(f"--holdout_examples/--holdout_fraction: {config.dataset} keeps the "
-                        f"paper's split ({dataset.holdout_examples} held out); these flags are "
-                        "for other datasets")
-    return dataset, plan_splits(dataset, config.holdout, config.holdout_examples,
-                                config.holdout_fraction)
+def plan(name, data_dir="", download=False, holdout=True, holdout_examples=0,
+         holdout_fraction=0.1):
+    """`(DatasetSpec, Splits)` of `--dataset=name`: the one data planner (training, evaluation
+    and the study all plan here). The paper's datasets keep their split; the holdout flags are
+    for the others."""
+    dataset = spec(name, data_dir, download)
+    if name in DATASETS and (holdout_examples or holdout_fraction != 0.1):
+        raise DataError(f"--holdout_examples/--holdout_fraction: {name} keeps the paper's split "
+                        f"({dataset.holdout_examples} held out); these flags are for other "
+                        "datasets")
+    return dataset, plan_splits(dataset, holdout, holdout_examples, holdout_fraction)
 
 
 def manual_dir(data_dir):
@@ -176,8 +111,6 @@ def spec(name, data_dir="", download=False):
     if name in DATASETS:
         return DATASETS[name]
     if name == FOLDER:
-        from bnreg_tf.data import folder
-
         return folder.folder_spec(data_dir)
     return _tfds_spec(name, data_dir, download)
 
@@ -246,17 +179,11 @@ def load(name, split, data_dir="", download=False):
         return dataset.map(lambda ex: {"image": ex["image"], "label": ex["label"]},
                            num_parallel_calls=tf.data.AUTOTUNE)
     if name == FOLDER:
-        from bnreg_tf.data import folder
-
         return folder.load(data_dir, split)
     if name in DATASETS or "/" in name:
         return _load_tfds(name, split, data_dir, download)
     dataset = spec(name, data_dir, download)
     return _load_tfds(name, split, data_dir, download, dataset.image_key, dataset.label_key)
-
-
-def load_tfds(tfds_name, split, data_dir="", download=False):
-    return _load_tfds(tfds_name, split, data_dir, download)
 
 
 def _load_tfds(tfds_name, split, data_dir="", download=False, image_key="image",

@@ -10,12 +10,15 @@ not add any. Files are listed in sorted order and then put in one fixed pseudo-r
 colour files may mix: the channel count is that of the first image in sorted order (1 or 3) and
 every image is decoded to it.
 """
+import functools
 import os
 import re
 
 import numpy as np
 
-from bnreg_tf.data.catalog import DataError, DatasetSpec, FOLDER, default_recipe
+from bnreg_tf.data.spec import DataError, DatasetSpec, default_recipe
+
+NAME = "folder"   # the --dataset value
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 _SLICE = re.compile(r"^(train|test)(?:\[(\d*):(\d*)\])?$")
@@ -90,6 +93,7 @@ def image_shape(path):
             f.seek(length - 2, 1)
 
 
+@functools.lru_cache(maxsize=None)
 def folder_spec(data_dir):
     """The DatasetSpec of an image folder (see the module docstring)."""
     classes, paths, _ = listing(data_dir, "train")
@@ -110,7 +114,7 @@ def folder_spec(data_dir):
     height = heights.pop() if len(heights) == 1 else 0
     width = widths.pop() if len(widths) == 1 else 0
     image_size, augment, _ = default_recipe(height, width, channels)
-    return DatasetSpec(FOLDER, len(classes), image_size, channels, len(paths), 0,
+    return DatasetSpec(NAME, len(classes), image_size, channels, len(paths), 0,
                        "test" if has_test else "", test_examples, augment, None,
                        variable_size=True, source="folder", class_names=classes)
 
@@ -124,9 +128,7 @@ def load(data_dir, split):
         raise DataError(f"--dataset=folder: unknown split {split!r} (expected train, test or "
                         "train[a:b])")
     part, start, stop = match.groups()
-    from bnreg_tf.data import catalog
-
-    channels = catalog.spec(FOLDER, data_dir).channels
+    channels = folder_spec(data_dir).channels
     _, paths, labels = listing(data_dir, part)
     begin = int(start) if start else 0
     end = int(stop) if stop else len(paths)

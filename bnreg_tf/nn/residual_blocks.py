@@ -1,0 +1,111 @@
+"""The residual blocks of a Keras functional graph, for the signal propagation plots
+(`bnreg_tf.nn.signal_propagation`; Brock et al. 2021a, section 2; docs/references.md §7)."""
+import dataclasses
+
+import keras
+from keras.src.ops.numpy import Add as AddOp
+
+from bnreg_tf.nn import layers as bl
+from bnreg_tf.nn import nf
+from bnreg_tf.nn.graph import is_activation, nodes
+
+# Scalar multipliers at the end of a residual branch (see `residual_blocks`).
+BRANCH_SCALES = (bl.ScalarScale, nf.FixedScale)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualBlock:
+    """One residual block of a flat functional model: its two-input addition `add` (a node),
+    the `skip` input of the addition, the `branch` output before its trailing scalar
+    multipliers, and the block's `output` tensor."""
+
+    add: object
+    skip: object
+    branch: object
+    output: object
+    identity: bool   # the skip is the block input itself (no projection on it)
+
+
+def _is_addition(node):
+    return (isinstance(node.operation, (keras.layers.Add, AddOp))
+            and len(node.input_tensors) == 2)
+
+
+def residual_blocks(model):
+    """The residual blocks of a flat functional `model` (`inline` first), in graph order.
+
+    A block is an addition of two tensors: a `keras.layers.Add` of two inputs, or `x + y` on
+    symbolic tensors (`keras.ops.add`). Its skip input is the one the other is computed from
+    (an identity shortcut); where neither is (a projection shortcut: both start from the same
+    tensor), the one fewer layers from the model's input, i.e. the shorter path (a 1x1
+    convolution against the branch's stack of layers). Raises ValueError where the two are
+    equally far.
+
+    The branch is measured before its trailing scalar multipliers (Fixup's scale, SkipInit's and
+    NF-ResNet's zero-initialised gains, NF-ResNet's alpha): the residual branch's own output, as
+    Brock et al. 2021a plot its variance (section 2), not the product a zero gain makes 0.
+
+    The block's output is the sum, except in post-activation networks (ResNet v1, He et al.
+    2016: `relu(x + f(x))`), recognised by identity skips that start at an activation of an
+    earlier sum: there the output is the activation that alone consumes the sum, the tensor
+    the next block receives.
+    """
+    order = list(nodes(model))
+    node_of = {id(x): node for node in order for x in node.outputs}
+    level, consumers = {}, {}
+    for node in order:
+        height = 1 + max((level.get(id(x), 0) for x in node.input_tensors), default=0)
+        for x in node.outputs:
+            level[id(x)] = height
+        for x in node.input_tensors:
+            consumers.setdefault(id(x), []).append(node)
+
+    def computed_from(tensor, source):
+        seen, stack = set(), [tensor]
+        while stack:
+            x = stack.pop()
+            if x is source:
+                return True
+            if id(x) not in seen and id(x) in node_of:
+                seen.add(id(x))
+                stack.extend(node_of[id(x)].input_tensors)
+        return False
+
+    found = []
+    for node in filter(_is_addition, order):
+        a, b = node.input_tensors
+        if computed_from(b, a):
+            skip, identity = a, True
+        elif computed_from(a, b):
+            skip, identity = b, True
+        elif level.get(id(a), 0) != level.get(id(b), 0):
+            skip, identity = min((a, b), key=lambda x: level.get(id(x), 0)), False
+        else:
+            raise ValueError(f"residual_blocks: the two inputs of {node.operation.name!r} are "
+                             "equally far from the input; cannot tell the skip from the branch")
+        found.append((node, skip, b if skip is a else a, identity))
+    sums = {id(node.outputs[0]) for node, *_ in found}
+
+    def activation_of_sum(tensor):
+        node = node_of.get(id(tensor))
+        return node is not None and is_activation(node.operation) and \
+            len(node.input_tensors) == 1 and id(node.input_tensors[0]) in sums
+
+    def before_scales(tensor):
+        node = node_of.get(id(tensor))
+        while node is not None and isinstance(node.operation, BRANCH_SCALES):
+            tensor = node.input_tensors[0]
+            node = node_of.get(id(tensor))
+        return tensor
+
+    found = [(node, skip, before_scales(branch), identity)
+             for node, skip, branch, identity in found]
+    post_activation = any(identity and activation_of_sum(skip) for _, skip, _, identity in found)
+    blocks = []
+    for node, skip, branch, identity in found:
+        output = node.outputs[0]
+        after = consumers.get(id(output), [])
+        if post_activation and len(after) == 1 and is_activation(after[0].operation):
+            output = after[0].outputs[0]
+        blocks.append(ResidualBlock(node, skip, branch, output, identity))
+    return blocks

@@ -1,0 +1,75 @@
+"""SavedModel export with the evaluation preprocessing baked in (`keras.export.ExportArchive`).
+
+Endpoints (signatures) of the export:
+- `serve` (also `serving_default`): uint8 images [B, H, W, C], any B (any H, W; they are
+  cropped/resized as in evaluation) -> `logits`, `probabilities`, `embedding`;
+- `classify_embedding`: float32 embedding [B, E] -> `logits`, i.e. the layers after the
+  embedding's Dropout (Fixup's scalar bias and the classifier). `bnreg-eval` applies test-time
+  Dropout masks between the two.
+Beside the SavedModel files: `dataset.json` (dataset, its splits, classes; `bnreg-eval` reads
+it) and `class_names.txt` (line i names label i; a folder's sorted class folders).
+The directory is written beside the target and renamed into place, so an interrupted export
+never leaves a half-written SavedModel where a good one was.
+"""
+import json
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from bnreg_tf.run import layout
+
+
+def classify_embedding(network, embedding):
+    """The network's head after the embedding (and its dropout), as the network computes it."""
+    names = {layer.name for layer in network.layers}
+    x = embedding
+    if "classifier_input_bias" in names:
+        x = network.get_layer("classifier_input_bias")(x)
+    return tf.cast(network.get_layer("classifier")(x), tf.float32)
+
+
+def export_saved_model(network, preprocessing, path, dataset=None):
+    """Writes the SavedModel of `network` to `path` (replacing an older export atomically).
+
+    `dataset`: the run's data record (`bnreg_tf.run.results.dataset_record`), saved beside it.
+    """
+    channels = network.input_shape[-1]
+    width = network.get_layer("classifier").kernel.shape[0]
+
+    def serve(images):
+        outputs = network(preprocessing.evaluate_batch(images), training=False)
+        logits = tf.cast(outputs["logits"], tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits),
+                "embedding": tf.cast(outputs["embedding"], tf.float32)}
+
+    def head(embedding):
+        return {"logits": classify_embedding(network, embedding)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    images = tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")
+    for name in ("serve", "serving_default"):
+        archive.add_endpoint(name, serve, input_signature=[images])
+    archive.add_endpoint("classify_embedding", head, input_signature=[
+        tf.TensorSpec([None, width], tf.float32, name="embedding")])
+    path = os.path.abspath(path)
+    staging, previous = f"{path}.partial", f"{path}.previous"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        archive.write_out(staging, verbose=False)
+        if dataset is not None:
+            with open(os.path.join(staging, layout.DATASET_RECORD), "w") as f:
+                json.dump(dataset, f, indent=2)
+            with open(os.path.join(staging, layout.CLASS_NAMES), "w") as f:
+                f.write("".join(f"{name}\n" for name in dataset["class_names"]))
+    except BaseException:  # a full disk or a signal: leave no half-written SavedModel behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if os.path.exists(path):
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(path, previous)
+    os.replace(staging, path)
+    shutil.rmtree(previous, ignore_errors=True)
+    return path

@@ -1,0 +1,115 @@
+"""The models the binaries build, in one table: name -> family, builder, native image size.
+
+`MODELS` holds every fixed name (`resnet18`..`resnet152`, `efficientnet_b0`..`_b8`, `_l2`);
+the WideResNets form a pattern, `wrn<depth>_<width>` (depth = 6n + 4), read in one place
+(`resnet.parse_wrn`). `model_entry(name)` answers both, `build_network` builds what a
+`RunConfig` describes, and `--help` lists `model_names()`.
+"""
+import dataclasses
+import functools
+
+import efficientnet
+import resnet
+from bnreg_tf.run.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One model: its `family` ("resnet" or "efficientnet"), the norm modes it can be built in,
+    its builder (keyword arguments `num_classes`, `input_shape`, `norm`, `activation`,
+    `dropout`, `survival_prob`, `seed` and the penalties' coefficients by name) and its native
+    resolution on ImageNet-like data (None: the data's)."""
+
+    name: str
+    family: str
+    build: object
+    norms: tuple
+    native_size: int = None
+
+
+def _efficientnet_builder(variant):
+    def build(*, norm="batchnorm", activation="swish", dropout=-1, **kwargs):
+        del norm, activation   # always BatchNorm and swish (checked: `norms`)
+        return efficientnet.build_model(variant, dropout=None if dropout == -1 else dropout,
+                                        **kwargs)
+    return build
+
+
+def _resnet_builder(builder):
+    def build(*, survival_prob=None, **kwargs):
+        del survival_prob   # EfficientNet's drop-connect
+        return builder(**kwargs)
+    return build
+
+
+MODELS = {
+    **{f"resnet{depth}": ModelEntry(
+        f"resnet{depth}", "resnet", _resnet_builder(functools.partial(
+            resnet.build_resnet_v1, resnet.RESNETS[depth], name=f"resnet{depth}")),
+        resnet.NORM_MODES) for depth in resnet.RESNETS},
+    **{f"efficientnet_{variant}": ModelEntry(
+        f"efficientnet_{variant}", "efficientnet", _efficientnet_builder(variant), ("batchnorm",),
+        scaling.resolution) for variant, scaling in efficientnet.SCALING.items()},
+}
+WRN_PATTERN = "wrn<depth>_<width>"
+
+
+def model_names():
+    """What `--model` accepts, for `--help` and error messages."""
+    return [WRN_PATTERN + " (depth = 6n+4, e.g. wrn28_10)", *MODELS]
+
+
+def model_entry(name):
+    """The `ModelEntry` of `name`; ConfigError (one line naming --model) when there is none."""
+    if name in MODELS:
+        return MODELS[name]
+    try:
+        spec = resnet.parse_wrn(name)
+    except ValueError as error:
+        raise ConfigError(f"--model: {error}") from None
+    if spec is None:
+        raise ConfigError(f"--model: expected one of {', '.join(model_names())}; got {name!r}")
+    return ModelEntry(name, "resnet", _resnet_builder(functools.partial(
+        resnet.build_wide_resnet, spec)), resnet.NORM_MODES)
+
+
+def check_model(config):
+    """The model and its norm, activation and Dropout settings fit together (one line each)."""
+    entry = model_entry(config.model)
+    if config.norm not in entry.norms:
+        raise ConfigError(f"--norm: expected one of {', '.join(entry.norms)} for "
+                          f"{config.model}, got {config.norm!r}")
+    if config.dropout == -1 and entry.family != "efficientnet":
+        raise ConfigError(f"--dropout: expected a rate in [0, 1) for {config.model} (-1, the "
+                          f"reference rate, is EfficientNet's), got {config.dropout!r}")
+    return entry
+
+
+def native_image_size(config, dataset_spec):
+    """The training resolution: --image_size, else the model's own on ImageNet-like data
+    (large or varying images, trained with random-resized crops), else the data's."""
+    if config.image_size:
+        return config.image_size
+    native = model_entry(config.model).native_size
+    if native and dataset_spec.augment == "goyal":
+        return native
+    return dataset_spec.image_size
+
+
+def build(name, *, num_classes, input_shape=None, **kwargs):
+    """The model `name` of the table (`resnet50`, `wrn28_10`, `efficientnet_b0`, ...), built with
+    the family builder's keyword arguments (`norm`, `activation`, `dropout`, `survival_prob`,
+    `seed`, penalties by name such as `embedding_l2=0.1`); `input_shape` defaults to the
+    family's (WRN 32x32x3, ResNet 224x224x3, EfficientNet its resolution)."""
+    if input_shape is not None:
+        kwargs["input_shape"] = input_shape
+    return model_entry(name).build(num_classes=num_classes, **kwargs)
+
+
+def build_network(config, dataset_spec, image_size):
+    """The `{"logits", "embedding"}` Keras model that `config` describes, for the data's
+    channels and classes."""
+    return build(config.model, num_classes=dataset_spec.num_classes,
+                 input_shape=(image_size, image_size, dataset_spec.channels), norm=config.norm,
+                 activation=config.activation, dropout=config.dropout,
+                 survival_prob=config.survival_prob, seed=config.seed, **config.penalties)

@@ -1,0 +1,187 @@
+"""SIGTERM and SIGINT as a preemption notice: finish the step, checkpoint, exit with one line.
+
+Cloud VMs, TPU pods, Kubernetes and Slurm send SIGTERM some seconds before they kill a process;
+Ctrl-C sends SIGINT. Inside `stop_signals()` the first such signal only sets a flag: the training
+loop (`StopOnSignal`) finishes the current step, saves a checkpoint and stops, and the binary exits
+with `Preempted`'s one line and status 75 (EX_TEMPFAIL: repeat the command to resume). A second
+signal exits at once (status 128 + signal number), as a user pressing Ctrl-C twice expects.
+Under MultiWorkerMirroredStrategy a signal reaches one worker only, so `CoordinatedStop` lets
+tf.distribute's PreemptionCheckpointHandler agree on one step at which every worker saves and stops.
+"""
+import contextlib
+import os
+import shutil
+import signal
+import threading
+
+import keras
+
+from bnreg_tf.run.checkpoints import save_once
+
+EXIT_STATUS = 75
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preempted(Exception):
+    """A stop signal ended the run early; a checkpoint holds its state."""
+
+
+class _State:
+    depth = 0
+    received = None
+    previous = {}
+
+
+def _handler(signum, _frame):
+    name = signal.Signals(signum).name
+    if _State.received is not None:
+        os.write(2, f"bnreg: second {name}: exiting now without a checkpoint\n".encode())
+        os._exit(128 + signum)
+    _State.received = name
+
+
+@contextlib.contextmanager
+def stop_signals(strategy=None):
+    """Within the block SIGTERM/SIGINT only set a flag instead of killing (re-entrant).
+
+    Not under MultiWorkerMirroredStrategy: there a checkpoint is saved collectively, by every
+    worker at once, and a signal reaches one worker only, so one worker stopping to save would
+    wait forever for the others. There `CoordinatedStop` (the training loop's callback, from
+    `stop_callback`) catches the signals while training; BUILD_NOTES says what was tested.
+    """
+    from bnreg_tf.run.strategies import is_multi_worker
+
+    if threading.current_thread() is not threading.main_thread() or \
+            (strategy is not None and is_multi_worker(strategy)):
+        yield
+        return
+    if _State.depth == 0:
+        _State.received = None
+        _State.previous = {s: signal.signal(s, _handler) for s in _SIGNALS}
+    _State.depth += 1
+    try:
+        yield
+    finally:
+        _State.depth -= 1
+        if _State.depth == 0:
+            for s, handler in _State.previous.items():
+                signal.signal(s, handler)
+
+
+def raise_if_received(where):
+    if _State.received is not None:
+        raise Preempted(f"stopped by {_State.received} {where}; repeat the command to resume")
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """After the step during which a stop signal arrived: save a checkpoint and raise Preempted.
+
+    Raising (rather than `stop_training`) skips the epoch's validation pass, which could outlast
+    the grace period between SIGTERM and SIGKILL (30 s on Kubernetes by default).
+    """
+
+    def __init__(self, manager):
+        super().__init__()
+        self.manager = manager
+
+    def on_train_batch_end(self, batch, logs=None):
+        if _State.received is None:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        save_once(self.manager, step)
+        raise Preempted(f"stopped by {_State.received} at step {step}; checkpoint saved; "
+                        "repeat the command to resume")
+
+
+_COORDINATION = {"handler": None, "current": None}   # this process's handler, the run it serves
+
+
+class CoordinatedStop(keras.callbacks.Callback):
+    """MultiWorkerMirroredStrategy: a stop signal to ANY worker stops ALL of them at one step.
+
+    `tf.distribute.experimental.PreemptionCheckpointHandler` agrees on the step through the
+    coordination service that MultiWorkerMirroredStrategy starts for its cluster: the signalled
+    worker publishes "save after call k + 1" and waits until every worker's watcher thread has
+    acknowledged it; at that call every worker saves (collectively, through the run's
+    CheckpointManager: the chief into the model dir, the others into their scratch dirs) and
+    raises Preempted (status 75), the signalled worker naming its signal.
+
+    The handler only decides when; bnreg keeps its own checkpoints and restore path. It is given
+    an empty throwaway Checkpoint (so it neither restores nor adds its call counter to bnreg's
+    checkpoints: every worker counts calls from 0 in this process and resumes from the same
+    model-dir checkpoint, so the counts agree) and saves through `save_fn` at the optimizer's
+    step. Signals are caught here (SIGTERM and SIGINT; a second one exits at once, as
+    `stop_signals` does) and reported through `termination_watcher_fn`, polled once a second.
+    One handler per process: its coordination-service keys are set once for the cluster's life.
+    """
+
+    def __init__(self, strategy, manager):
+        super().__init__()
+        self.strategy, self.manager = strategy, manager
+        self.handler, self.previous, self.step = None, {}, None
+
+    def _save(self):
+        self.step = int(self.model.optimizer.iterations.numpy())
+        save_once(self.manager, self.step)
+
+    def _exit(self):
+        from bnreg_tf.run.strategies import is_chief
+
+        self._restore_signals()
+        if not is_chief(self.strategy):   # its save went to its scratch dir: not kept
+            shutil.rmtree(os.path.dirname(self.manager.directory), ignore_errors=True)
+        cause = f"stopped by {_State.received}" if _State.received else \
+            "stopped because another worker was preempted"
+        raise Preempted(f"{cause} at step {self.step}; checkpoint saved; repeat the command on "
+                        "every worker to resume")
+
+    def _restore_signals(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+        from tensorflow.python.distribute.failure_handling import failure_handling_util as util
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        _COORDINATION["current"] = self   # the handler saves and exits through this run
+        if _COORDINATION["handler"] is None:   # one per process, shared by a study's runs
+            _State.received = None
+            throwaway = tf.train.CheckpointManager(
+                tf.train.Checkpoint(), os.path.join(self.manager.directory, "no-such-dir"), 1)
+            config = tf.distribute.experimental.TerminationConfig(
+                termination_watcher_fn=lambda: _State.received is not None,
+                exit_fn=lambda: _COORDINATION["current"]._exit(), grace_period=0,
+                save_fn=lambda: _COORDINATION["current"]._save())
+            handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+                self.strategy.cluster_resolver, throwaway, termination_config=config)
+            # On GCE CPU/TPU VMs the handler does nothing (TF 2.21): keep the default SIGTERM.
+            if handler._platform_device in (util.PlatformDevice.GCE_CPU,  # pylint: disable=protected-access
+                                            util.PlatformDevice.GCE_TPU):
+                handler = False
+            _COORDINATION["handler"] = handler
+        self.handler = _COORDINATION["handler"]
+        if self.handler:
+            self.previous = {s: signal.signal(s, _handler) for s in _SIGNALS}
+
+    def on_train_batch_end(self, batch, logs=None):
+        from tensorflow.python.util import deprecation
+
+        if self.handler:
+            with deprecation.silence():   # its save reads its own deprecated total_run_calls
+                self.handler.save_checkpoint_if_preempted()
+
+    def on_train_end(self, logs=None):
+        self._restore_signals()
+
+
+def stop_callback(strategy, manager):
+    """The training loop's stop-signal callback: `CoordinatedStop` across workers, else
+    `StopOnSignal` (inert outside `stop_signals`)."""
+    from bnreg_tf.run.strategies import is_multi_worker
+
+    if is_multi_worker(strategy):
+        return CoordinatedStop(strategy, manager)
+    return StopOnSignal(manager)

@@ -9,6 +9,7 @@ moving statistics) with the reference's decay `min(decay, (1 + t) / (10 + t))`.
 import contextlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -48,16 +49,70 @@ class ReferenceRMSprop(keras.optimizers.Optimizer):
             raise ValueError(f"average_decay must be in (0, 1), got {average_decay!r}")
         self.average_decay = None if average_decay is None else float(average_decay)
         self._average_sources, self._average_starts, self._averages = [], [], []
+        self._loaded_averages = []   # a saved average, until `track_average` names its sources
 
     def track_average(self, variables):
-        """Sets the variables to average; call once, inside the strategy scope, before training."""
+        """Sets the variables to average; call once, inside the strategy scope, before training.
+
+        After `keras.saving.load_model` of a model compiled with an averaging ReferenceRMSprop,
+        the optimizer is already built; call it then with the same variables (e.g.
+        `average_sources(model)`) to get the saved averages back and go on averaging.
+        """
         if self.average_decay is None:
             raise ValueError("track_average needs average_decay to be set")
-        if self.built:
+        if self.built and not self._loaded_averages:
             raise ValueError("track_average must be called before the optimizer is built")
         self._average_sources = list(variables)
+        if self._loaded_averages:
+            self._restore_loaded_averages()
+            return
         with tf.init_scope():
             self._average_starts = [keras.ops.convert_to_numpy(v) for v in self._average_sources]
+
+    def _restore_loaded_averages(self):
+        saved = self._loaded_averages
+        shapes = [tuple(v.shape) for v in self._average_sources]
+        if shapes != [tuple(np.shape(a)) for a in saved]:
+            raise ValueError(f"track_average: the saved optimizer averaged {len(saved)} variables "
+                             f"of other shapes than the {len(shapes)} given")
+        for source, value in zip(self._average_sources, saved):
+            self._averages.append(self.add_variable_from_reference(
+                source, name="average", initializer=lambda shape, dtype, v=value: tf.cast(v, dtype)))
+        self._loaded_averages = []
+
+    def _stored_order(self):
+        """The variables as a `.keras` file stores them: Keras' own first (the step counter), then
+        the averaged sources (Keras tracks them as this optimizer's), `ms`, `mom`, the averages:
+        the order of an optimizer that tracked its average before it was built."""
+        parts = [list(self._average_sources), list(self._ms), list(self._mom), list(self._averages)]
+        seen = {id(v) for part in parts for v in part}
+        return [v for v in self.variables if id(v) not in seen] + [v for p in parts for v in p]
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self._stored_order()):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store):
+        """Keras' load (a `.keras` file). When Keras built this optimizer with the trainable
+        variables alone (as `load_model` does) while the file holds a weight average, the
+        average is kept aside until `track_average` says which variables it averages (it also
+        covers BN statistics); the copies of the averaged variables are skipped."""
+        order = self._stored_order()
+        count = len(store.keys())
+        extra = count - len(order)
+        if not (self.average_decay and not self._averages and extra > 0 and extra % 2 == 0):
+            if extra:
+                super().load_own_variables(store)   # Keras' warning; nothing is loaded
+                return
+            for i, variable in enumerate(order):
+                variable.assign(store[str(i)])
+            return
+        sources = extra // 2
+        keras_own = len(order) - len(self._ms) - len(self._mom)
+        positions = list(range(keras_own)) + list(range(keras_own + sources, count - sources))
+        for variable, i in zip(order, positions):
+            variable.assign(store[str(i)])
+        self._loaded_averages = [np.asarray(store[str(i)]) for i in range(count - sources, count)]
 
     def build(self, var_list):
         if self.built:

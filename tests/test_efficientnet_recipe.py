@@ -101,6 +101,35 @@ def test_rmsprop_average_under_mirrored_strategy_matches_one_device(rng, mirrore
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_keras_file_keeps_the_average_and_training_goes_on_exactly(rng, tmp_path):
+    """`.keras` round trip of an averaging ReferenceRMSprop: the step, ms, mom and the averages
+    (BN statistics included) come back once `track_average` names the sources again, and one
+    more step of the loaded model equals one more step of the original; a second save of the
+    loaded optimizer stores the same layout."""
+    x = rng.normal(size=(16, 5)).astype(np.float32) * 3 + 1
+    y = rng.normal(size=(16, 3)).astype(np.float32)
+    model, optimizer, _, _ = _keras_run(x, y, 3, True)
+    model.save(tmp_path / "a.keras")
+    loaded = keras.saving.load_model(tmp_path / "a.keras")
+    assert int(loaded.optimizer.iterations.numpy()) == 3
+    loaded.optimizer.track_average(optim.average_sources(loaded))
+    for a, b in zip(optimizer._averages, loaded.optimizer._averages):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    loaded.save(tmp_path / "b.keras")
+    again = keras.saving.load_model(tmp_path / "b.keras")
+    again.optimizer.track_average(optim.average_sources(again))
+    for trained in (model, loaded, again):
+        trained.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    for other in (loaded, again):
+        for a, b in zip(model.weights, other.weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+        for a, b in zip(optimizer._averages, other.optimizer._averages):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="other shapes"):
+        reloaded = keras.saving.load_model(tmp_path / "a.keras")
+        reloaded.optimizer.track_average(reloaded.trainable_variables)
+
+
 def test_track_average_misuse_is_rejected():
     with pytest.raises(ValueError, match="average_decay"):
         optim.ReferenceRMSprop().track_average([])

@@ -43,7 +43,7 @@ def test_presets_carry_the_papers_hyperparameters():
     assert digits.dataset == "digits" and digits.model == "wrn10_1"
 
 
-# Published trainable parameter counts (REFERENCE.md section 6; ResNet-50 without conv biases).
+# Published trainable parameter counts (docs/references.md §3.8 and §5.6; ResNet-50 without conv biases).
 @pytest.mark.parametrize("name,count", [
     ("resnet50_imagenet", 25_557_032),
     ("efficientnet_b0_imagenet", 5_288_548),

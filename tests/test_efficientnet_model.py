@@ -9,7 +9,7 @@ from bnreg_tf.nn.layers import StochasticDepth
 from efficientnet.params import round_filters, round_repeats
 
 # Trainable parameters of keras.applications.EfficientNetB0..B7 (Keras 3.15, 1000 classes) and of
-# the same architecture at B8's (2.2, 3.6) scaling: REFERENCE.md section 5.
+# the same architecture at B8's (2.2, 3.6) scaling: docs/references.md §5.6.
 PUBLISHED = {"b0": 5_288_548, "b1": 7_794_184, "b2": 9_109_994, "b3": 12_233_232,
              "b4": 19_341_616, "b5": 30_389_784, "b6": 43_040_704, "b7": 66_347_960,
              "b8": 87_413_142}

@@ -18,7 +18,7 @@ def test_fixup_branch_std(blocks, m):
 
 
 def test_basic_and_bottleneck_factors():
-    """Basic blocks (m=2) scale by L^-1/2, bottlenecks (m=3) by L^-1/4 (REFERENCE.md section 4)."""
+    """Basic blocks (m=2) scale by L^-1/2, bottlenecks (m=3) by L^-1/4 (docs/references.md §4.2)."""
     basic = init.fixup_branch_initializer(16, 2).get_config()["scale"]
     bottleneck = init.fixup_branch_initializer(16, 3).get_config()["scale"]
     np.testing.assert_allclose([basic, bottleneck], [2 * 16**-1.0, 2 * 16**-0.5])

@@ -1,7 +1,7 @@
 """The datasets bnreg trains on: one table for the paper's, TFDS's own info for any other.
 
 `--dataset` is one of
-- a name in `DATASETS` (the paper's datasets, REFERENCE.md section 3, and the offline digits):
+- a name in `DATASETS` (the paper's datasets, docs/references.md §3.5, and the offline digits):
   exact splits and holdouts: the last 5,000 CIFAR-10 training images, the last 3,257 of SVHN's
   73,257 core images (no "extra"), 25,022 ImageNet training images; digits keeps its fixed
   train / validation / test split, its validation split playing the holdout. Adding a dataset

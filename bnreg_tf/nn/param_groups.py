@@ -1,7 +1,7 @@
 """Parameter groups of any Keras model, for weight-decay exclusion and per-group learning rates.
 
 Goyal et al. 2017 exclude BN gamma/beta and biases from weight decay; the Fixup reference trains
-its scalar biases and multipliers at a tenth of the base learning rate (REFERENCE.md 3-4). The
+its scalar biases and multipliers at a tenth of the base learning rate (docs/references.md §3.3, §4.4). The
 NF-ResNet reference excludes its weight-standardization gains and its biases from weight decay
 (`nfnets/experiment.py`), which `weight_decay_exclude="batchnorm_and_bias"` does here.
 """

@@ -40,7 +40,7 @@ def standardization_kl(x, epsilon=1e-5):
     per-channel N(mu_c, s_c^2) to N(0, 1), with the batch moments BatchNorm would compute
     (over every axis but the last: batch and spatial axes of NHWC, batch of NC).
     Channels are SUMMED, as in the formula; `epsilon` keeps the log finite for dead channels
-    (docs/references.md §1.3).
+    (docs/references.md §1.4).
 
     On the TensorFlow backend the gradient is the closed form, one affine map per channel over
     `x`: `d/dx = mu / N + (1 - 1 / (s^2 + epsilon)) (x - mu) / N` (N values per channel),

@@ -3,7 +3,7 @@
 `Classifier` wraps a `{"logits", "embedding"}` network so that `model.fit` trains it with
 - cross-entropy on the logits, with label smoothing;
 - the penalty layers' `add_loss` terms (EL2, FL2, KL standardization), training only;
-- weight decay `wd * sum 1/2 ||v||^2` over the recipe's variables (REFERENCE.md sections 3, 5);
+- weight decay `wd * sum 1/2 ||v||^2` over the recipe's variables (docs/references.md §3.3, §5.10);
 - the Fixup reference's reduced learning rate for scalar biases/multipliers, as a gradient
   multiplier (exactly a per-group learning rate for SGD, whose update is linear in the gradient);
 - optionally adaptive gradient clipping (`agc` > 0; NFNets, `bnreg_tf.nn.agc`) of every variable

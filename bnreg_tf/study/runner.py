@@ -44,7 +44,7 @@ from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.models import model_entry
 from bnreg_tf.run.presets import STUDY_PRESETS, StudyPreset, preset
 
-# The paper's ablation variants (REFERENCE.md section 2). `coefficient` names the config field
+# The paper's ablation variants (docs/references.md §2.1). `coefficient` names the config field
 # that a coefficient sweep sets for the variant (None: the variant has no coefficient).
 VARIANTS = {
     "batchnorm": dict(changes=dict(norm="batchnorm"), coefficient=None),
@@ -74,7 +74,7 @@ PROTOCOLS = {
     # Every run of the grid trains on the training split minus the holdout, is scored on test.
     "holdout": "every setting trained on the training split minus the holdout, scored on the "
                "test split",
-    # The paper's (section 4; REFERENCE.md section 3): tune each variant's grid on the holdout
+    # The paper's (section 4; docs/references.md §3.6): tune each variant's grid on the holdout
     # (phase 1), retrain the chosen setting on the full training split with every seed and score
     # it on test (phase 2). EfficientNet's early stopping keeps the holdout in phase 2 too.
     "paper": "phase 1 tunes each variant's grid on the holdout; phase 2 retrains the chosen "

@@ -10,7 +10,8 @@ import pytest
 
 import resnet
 from bnreg_tf.run import models
-from bnreg_tf.study import report, runner as study
+from bnreg_tf.study import report, runner, signal, spp_figure
+from bnreg_tf.study.grid import make_study
 from bnreg_tf.nn.signal_propagation import SPP_FIELDS, SignalPropagation, gaussian_probe
 
 EPS = 1e-3
@@ -185,13 +186,13 @@ def test_figure_and_csv_have_every_mode_and_block(tmp_path):
     curves = {"batchnorm": {"gaussian": _rows(3, 1.0), "data": _rows(3, 2.0)},
               "fixup": {"gaussian": _rows(3, 0.1), "data": _rows(3, 0.2)}}
     png, table = str(tmp_path / "spp.png"), str(tmp_path / "spp.csv")
-    report.figure_signal_propagation(curves, png)
-    report.write_signal_propagation_csv(curves, table)
+    spp_figure.figure_signal_propagation(curves, png)
+    spp_figure.write_signal_propagation_csv(curves, table)
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(table) as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == report.SPP_COLUMNS and len(rows) == 12
+    assert tuple(rows[0]) == spp_figure.SPP_COLUMNS and len(rows) == 12
     assert [(r["mode"], r["input"], int(r["depth"])) for r in rows[:4]] == \
         [("batchnorm", "gaussian", 1), ("batchnorm", "gaussian", 2), ("batchnorm", "gaussian", 3),
          ("batchnorm", "data", 1)]
@@ -200,11 +201,11 @@ def test_figure_and_csv_have_every_mode_and_block(tmp_path):
 
 def test_study_measures_once_per_norm_mode_and_reuses_the_file(tmp_path, monkeypatch):
     out = str(tmp_path / "study")
-    grid = study.make_study("default", {"epochs": 1}, ["batchnorm", "fixup", "fixup_kl",
+    grid = make_study("default", {"epochs": 1}, ["batchnorm", "fixup", "fixup_kl",
                                                       "fixup_el2"], ["0"], output_dir=out)
     lines = []
-    records = study.collect(grid, log=lines.append)
-    path = os.path.join(out, study.SIGNAL_PROPAGATION_FILE)
+    records = runner.collect(grid, log=lines.append)
+    path = os.path.join(out, signal.SIGNAL_PROPAGATION_FILE)
     with open(path) as f:
         stored = json.load(f)
     assert list(stored["modes"]) == ["batchnorm", "fixup", "fixup_standardize"]
@@ -216,22 +217,22 @@ def test_study_measures_once_per_norm_mode_and_reuses_the_file(tmp_path, monkeyp
             assert all((r["branch_variance"] == 0) == zero for r in rows)
     report.write_report(records, out, "# test", grid)
     text = open(os.path.join(out, "report.md")).read()
-    assert f"![{report.SPP_TITLE}](signal_propagation.png)" in text
+    assert f"![{spp_figure.SPP_TITLE}](signal_propagation.png)" in text
     with open(os.path.join(out, "signal_propagation.csv")) as f:
         assert len(list(csv.DictReader(f))) == 3 * 2 * 3   # modes x inputs x blocks
 
     calls = []
-    measure = study._measure_signal_propagation
-    monkeypatch.setattr(study, "_measure_signal_propagation",
+    measure = signal._measure_signal_propagation
+    monkeypatch.setattr(signal, "_measure_signal_propagation",
                         lambda s, modes: calls.append(modes) or measure(s, modes))
     mtime = os.stat(path).st_mtime_ns
-    study.collect(grid, log=lines.append)              # --report_only again: read back
-    monkeypatch.setattr(study, "_run_phase", lambda *args: [])
-    study.run_study(grid, None, log=lines.append)      # a rerun: read back too
+    runner.collect(grid, log=lines.append)              # --report_only again: read back
+    monkeypatch.setattr(runner, "_run_phase", lambda *args: [])
+    runner.run_study(grid, None, log=lines.append)      # a rerun: read back too
     assert calls == [] and os.stat(path).st_mtime_ns == mtime
-    more = study.make_study("default", {"epochs": 1}, ["batchnorm", "single_bn"], ["0"],
+    more = make_study("default", {"epochs": 1}, ["batchnorm", "single_bn"], ["0"],
                             output_dir=out)
-    study.collect(more, log=lines.append)              # only the new mode is measured
+    runner.collect(more, log=lines.append)              # only the new mode is measured
     assert calls == [["single_bn"]]
     with open(path) as f:
         assert list(json.load(f)["modes"]) == ["batchnorm", "fixup", "fixup_standardize",
@@ -240,29 +241,29 @@ def test_study_measures_once_per_norm_mode_and_reuses_the_file(tmp_path, monkeyp
 
 def test_a_failed_measurement_is_one_line_and_the_report_says_so(tmp_path, monkeypatch):
     out = str(tmp_path / "study")
-    grid = study.make_study("default", {"epochs": 1}, ["batchnorm"], ["0"], output_dir=out)
+    grid = make_study("default", {"epochs": 1}, ["batchnorm"], ["0"], output_dir=out)
 
     def broken(*_):
         raise RuntimeError("no memory left\nsecond line")
 
-    monkeypatch.setattr(study, "_measure_signal_propagation", broken)
+    monkeypatch.setattr(signal, "_measure_signal_propagation", broken)
     lines = []
-    records = study.collect(grid, log=lines.append)
+    records = runner.collect(grid, log=lines.append)
     assert lines == ["bnreg-study: signal propagation not measured: RuntimeError: no memory left"]
     report.write_report(records, out, "# test", grid)
     text = open(os.path.join(out, "report.md")).read()
-    assert f"## {report.SPP_TITLE}\n\nNot measured" in text
+    assert f"## {spp_figure.SPP_TITLE}\n\nNot measured" in text
     assert not os.path.exists(os.path.join(out, "signal_propagation.png"))
 
 
 def test_efficientnet_studies_have_no_signal_propagation_plot(tmp_path):
-    grid = study.make_study("paper_imagenet_efficientnet_b8", {}, ["batchnorm"], ["0"],
+    grid = make_study("paper_imagenet_efficientnet_b8", {}, ["batchnorm"], ["0"],
                             output_dir=str(tmp_path))
     lines = []
-    assert study.signal_propagation(grid, log=lines.append) is None
+    assert signal.signal_propagation(grid, log=lines.append) is None
     assert lines == ["bnreg-study: no signal propagation plot for efficientnet_b8 (measured for "
                      "the ResNet/WRN families only)"]
-    assert not os.path.exists(os.path.join(str(tmp_path), study.SIGNAL_PROPAGATION_FILE))
+    assert not os.path.exists(os.path.join(str(tmp_path), signal.SIGNAL_PROPAGATION_FILE))
 
 
 def test_any_functional_model_efficientnet_variance_grows_by_one_per_bn_block():

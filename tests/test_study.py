@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from bnreg_tf.study import report
+from bnreg_tf.study import caveats, report, spp_figure, tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--epochs=1", "--steps_per_epoch=5", "--batch_size=32", "--norm_probe_size=16"]
@@ -70,7 +70,7 @@ def test_coefficient_sweep_draws_figure_3(tmp_path):
     assert "![Figure 3: against the coefficient](coefficients.png)" in text
     # The study measured the signal propagation plots of its one norm mode (fixup) once.
     assert "bnreg-study: signal propagation at initialisation of fixup in" in result.stdout
-    assert f"![{report.SPP_TITLE}](signal_propagation.png)" in text
+    assert f"![{spp_figure.SPP_TITLE}](signal_propagation.png)" in text
     assert _is_png(os.path.join(out, "signal_propagation.png"))
     assert "| fixup_el2 | 0.1 | 1 |" in text and "| fixup_el2 | 1 | 1 |" in text
 
@@ -99,7 +99,7 @@ def test_beyond_study_runs_the_normalizer_free_lineage_end_to_end(tmp_path):
                 "| nf_resnet_el2 | 0.05 | 1 |"):
         assert row in text, row
     assert "coefficients.png" not in text   # AGC's thresholds are not a penalty sweep
-    assert f"![{report.SPP_TITLE}](signal_propagation.png)" in text
+    assert f"![{spp_figure.SPP_TITLE}](signal_propagation.png)" in text
     assert _is_png(os.path.join(out, "signal_propagation.png"))
     with open(os.path.join(out, "signal_propagation.json")) as f:
         modes = json.load(f)["modes"]
@@ -130,7 +130,7 @@ def test_main_table_formats_medians_and_failures():
         {"run": "b_s0", "variant": "b", "coefficient": 0.5, "seed": 0, "status": "failed",
          "error": "boom"},
     ]
-    table = report.main_table(records).splitlines()
+    table = tables.main_table(records).splitlines()
     assert table[2] == "| a | – | 3 | 0.6000 [0.5000, 0.7000] | +0.2000 [+0.1000, +0.3000] |"
     assert table[3] == "| b | 0.5 | 0 (1 failed) | – | – |"
 
@@ -251,29 +251,29 @@ def _record(variant, seed, accuracy, coefficient=0.0, curve=(0.5, 0.6)):
 def test_caveats_say_what_the_data_cannot_show():
     single = [_record("fixup", 0, 0.9), _record("batchnorm", 0, 0.95)]
     assert any("Every result is from a single seed" in line
-               for line in report.caveats(single, 10))
+               for line in caveats.caveats(single, 10))
     chance = [_record("fixup", s, a) for s, a in enumerate((0.10, 0.11, 0.12))]
-    assert any("near chance (1/10 = 0.1000)" in line for line in report.caveats(chance, 10))
+    assert any("near chance (1/10 = 0.1000)" in line for line in caveats.caveats(chance, 10))
     learned = [_record("fixup", s, a, curve=(0.7, 0.6)) for s, a in enumerate((0.9, 0.92))]
     assert not any("near chance" in line or "rising" in line
-                   for line in report.caveats(learned, 10))
+                   for line in caveats.caveats(learned, 10))
     rising = [_record("fixup", s, a, curve=(0.5, 0.6, 0.7)) for s, a in enumerate((0.9, 0.92))]
     assert any("still rising at the last epoch in 2 of 2 runs" in line
-               for line in report.caveats(rising, 10))
+               for line in caveats.caveats(rising, 10))
     overlap = learned + [_record("fixup_el2", s, a, 0.1, (0.7, 0.6))
                          for s, a in enumerate((0.91, 0.95))]
-    lines = report.caveats(overlap, 10)
+    lines = caveats.caveats(overlap, 10)
     assert any("seed ranges overlap" in line and "fixup_el2 (0.1)" in line and
                "not shown by this data" in line for line in lines), lines
     apart = learned + [_record("fixup_el2", s, a, 0.1, (0.7, 0.6))
                        for s, a in enumerate((0.95, 0.97))]
-    lines = report.caveats(apart, 10)
+    lines = caveats.caveats(apart, 10)
     assert not any("overlap" in line for line in lines)
     assert any("fixup_el2 (0.1) (above: [0.9500, 0.9700])" in line for line in lines)
 
 
 def test_selection_takes_the_best_median_and_breaks_ties_to_the_smaller_setting():
-    from bnreg_tf.study import runner as study_lib
+    from bnreg_tf.study import grid as study_lib, selection as selection_lib
 
     grid = study_lib.make_study("default", {}, ["fixup_el2"], ["0"], ["0.1", "0.2", "0.3"],
                                 "/tmp/unused", "paper", ["0.1", "0.2"], 3)
@@ -284,18 +284,18 @@ def test_selection_takes_the_best_median_and_breaks_ties_to_the_smaller_setting(
                 "coefficient": s.coefficient, "learning_rate": s.learning_rate, "status": "ok",
                 "val_accuracy": accuracy[(s.coefficient, s.learning_rate)][s.seed]}
                for s in grid.runs]
-    chosen = study_lib.selection(grid, records)
+    chosen = selection_lib.selection(grid, records)
     assert chosen["complete"] and chosen["variants"]["fixup_el2"]["choice"] == (0.2, 0.1)
-    finals = study_lib.final_runs(grid, records)
+    finals = selection_lib.final_runs(grid, records)
     assert [s.name for s in finals] == ["final_fixup_el2_c0.2_lr0.1_s0"]
     assert finals[0].config.holdout is False and finals[0].config.embedding_l2 == 0.2
     records[0] = {**records[0], "status": "pending"}
-    assert study_lib.final_runs(grid, records) is None
+    assert selection_lib.final_runs(grid, records) is None
 
 
 def test_default_study_draws_figure_3_with_the_batchnorm_reference(tmp_path):
     """The default study's own grid, through the report code with synthetic run records."""
-    from bnreg_tf.study import runner as study_lib
+    from bnreg_tf.study import grid as study_lib
 
     grid = study_lib.make_study("default", {}, output_dir=str(tmp_path))
     rng = np.random.default_rng(0)
@@ -325,16 +325,16 @@ def test_paper_tables_follow_the_data_and_model():
                for s in (0, 1)]
     context = dict(protocol="paper", seeds=(0, 1), dataset="imagenet2012", family="efficientnet",
                    early_stopping=True)
-    text = report.paper_tables(records, context)
+    text = tables.paper_tables(records, context)
     assert "### Table 4: EfficientNet-B8 on ImageNet" in text and "Table 1" not in text
     assert "early stopping on it" in text and "seeds 0, 1" in text
     for name in ("no Dropout", "Dropout", "EL2", "FL2"):
         assert f"| {name} |" in text
     assert "| no Dropout | – | 2 | 0.8050 [0.8000, 0.8100] |" in text
-    resnet = report.paper_tables(records, {**context, "family": "resnet",
+    resnet = tables.paper_tables(records, {**context, "family": "resnet",
                                            "early_stopping": False})
     assert "### Table 2: ResNet-50 on ImageNet" in resnet and "full training split" in resnet
-    cifar = report.paper_tables([{**r, "cifar10_c": 0.7} for r in records],
+    cifar = tables.paper_tables([{**r, "cifar10_c": 0.7} for r in records],
                                 {**context, "dataset": "cifar10", "family": "resnet"})
     assert "### Table 1: CIFAR-10, test accuracy and CIFAR-10-C" in cifar
     assert "### Table 3" in text and "### Table 3" in cifar

@@ -9,7 +9,6 @@
 Every bnreg-train flag (except --preset and --model_dir) is passed through to each run.
 """
 import sys
-import time
 
 from absl import flags
 
@@ -21,7 +20,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     from bnreg_tf.run.flags import define_run_flags, set_group
-    from bnreg_tf.study.runner import PROTOCOLS, STUDY_PRESETS, VARIANTS
+    from bnreg_tf.run.presets import STUDY_PRESETS
+    from bnreg_tf.study.variants import PROTOCOLS, VARIANTS
 
     flags.DEFINE_string("preset", "default", f"Study [name]: {', '.join(STUDY_PRESETS)}")
     flags.DEFINE_list("variants", None, f"Variants to run [names]: a subset of "
@@ -55,52 +55,14 @@ def define_flags():
 
 
 def main():
-    from bnreg_tf.study import report, runner as study
-    from bnreg_tf.run import rundir
     from bnreg_tf.run.flags import given_run_fields
-    from bnreg_tf.run.strategies import is_chief
+    from bnreg_tf.study import command
 
-    shard = study.parse_shard(FLAGS.shard)
-    grid = study.make_study(FLAGS.preset, given_run_fields(FLAGS), FLAGS.variants, FLAGS.seeds,
-                            FLAGS.coefficients, FLAGS.output_dir, FLAGS.protocol,
-                            FLAGS.learning_rates, FLAGS.tuning_seeds)
-    command = " ".join(["bnreg-study", *sys.argv[1:]])
-    if FLAGS.report_only:
-        study.check_report_only(grid)
-        records, strategy, start = study.collect(grid), None, time.time()
-    else:
-        study.check_reuse(grid, FLAGS.rerun_changed)
-        strategy = initialize_devices(grid.base)   # first: the data checks initialise devices
-        study.check_data(grid)
-        rundir.check_writable(grid.output_dir, "--output_dir")
-        phase = " of phase 1 (tuning on the holdout)" if grid.protocol == "paper" else ""
-        print(f"bnreg-study: {len(grid.runs[shard[0]::shard[1]])} of {len(grid.runs)} runs"
-              f"{phase} ({len(grid.variants)} variants) of {grid.preset.training_preset} into "
-              f"{grid.output_dir}, protocol {grid.protocol}", flush=True)
-        start = time.time()
-        records = study.run_study(grid, strategy, shard, FLAGS.rerun_changed,
-                                  log=lambda line: print(line, flush=True))
-    mine = [r for r in records if r["run"] in study.shard_names(grid, records, shard)]
-    failed = any(r["status"] in ("failed", "busy") for r in mine)
-    waiting = grid.protocol == "paper" and study.final_runs(grid, records) is None
-    if waiting and not FLAGS.report_only:
-        chosen = study.selection(grid, records)
-        print(f"bnreg-study: shard {FLAGS.shard}: phase 1 share done; phase 2 is planned once "
-              f"every phase-1 run has finished ({chosen['finished']} of {chosen['total']} now): "
-              "repeat this command when the other shards are done")
-    if strategy is not None and not is_chief(strategy):
-        return 1 if failed else 0
-    if shard[1] > 1 and not FLAGS.report_only:
-        if not waiting:
-            print(f"bnreg-study: shard {FLAGS.shard} done; when every shard is, merge with the same "
-                  "flags and --report_only (without --shard)")
-        return 1 if failed else 0
-    header = report.header(grid, command, records, time.time() - start, FLAGS.report_only)
-    path = report.write_report(records, grid.output_dir, header, grid)
-    print()
-    print(report.main_table(records))
-    print(f"\nbnreg-study: report in {path}")
-    return 1 if failed else 0
+    request = command.Request(
+        FLAGS.preset, given_run_fields(FLAGS), FLAGS.variants, FLAGS.seeds, FLAGS.coefficients,
+        FLAGS.output_dir, FLAGS.protocol, FLAGS.learning_rates, FLAGS.tuning_seeds, FLAGS.shard,
+        FLAGS.report_only, FLAGS.rerun_changed, " ".join(["bnreg-study", *sys.argv[1:]]))
+    return command.run(request, initialize_devices)
 
 
 def run(argv=None):

@@ -14,8 +14,10 @@ import time
 
 import keras
 
-PENALTIES = ("embedding_l2", "functional_l2", "standardization_kl", "dropout", "weight_decay",
-             "label_smoothing")
+from bnreg_tf.nn.penalty_table import PENALTIES as PENALTY_TABLE
+
+# What the summary's "penalties" line lists when set: the table's penalties and the others.
+PENALTIES = (*PENALTY_TABLE, "dropout", "weight_decay", "label_smoothing")
 
 
 def choose(verbose, config, steps_per_epoch, stream=None):

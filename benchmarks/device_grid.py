@@ -29,7 +29,6 @@ import numpy as np
 import tensorflow as tf
 
 import efficientnet
-import resnet
 from bnreg_tf.run import models
 from benchmarks.timing import FitLoop, dtype_policy, interleaved_rates
 from bnreg_tf.run import optimizers, strategies

@@ -10,10 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 import efficientnet
-import resnet
 from bnreg_tf.run import models
 from benchmarks.timing import interleaved_throughput, map_images_per_second
-from bnreg_tf.data import pipeline
 from bnreg_tf.run.presets import PRESETS
 from bnreg_tf.run import inputs
 

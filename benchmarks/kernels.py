@@ -13,7 +13,6 @@ import time
 import keras
 import tensorflow as tf
 
-import resnet
 from bnreg_tf.run import models
 from benchmarks.timing import interleaved_throughput
 from bnreg_tf.run import optimizers

@@ -7,7 +7,6 @@ network; KL needs the Fixup variant with a KL layer at every norm site (`fixup_s
 so its row is compared with that network without the KL layers (coefficient 0 leaves the
 layers out).
 """
-import resnet
 from bnreg_tf.run import models
 from benchmarks.timing import interleaved_throughput
 

@@ -9,7 +9,6 @@ question.
 import numpy as np
 
 import efficientnet
-import resnet
 from bnreg_tf.run import models
 from benchmarks.timing import dtype_policy, interleaved_throughput
 

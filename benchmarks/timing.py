@@ -100,11 +100,6 @@ class FitLoop:
         return float(np.median(np.diff(self.clock.ends)))
 
 
-def train_step_throughput(model, batch_size, num_classes, steps=10, warmup=3, seed=0):
-    """Images/s of a `model.fit` training step (median of `steps` after `warmup`), SGD."""
-    return interleaved_throughput([model], batch_size, num_classes, steps, warmup, 1, seed)[0]
-
-
 def interleaved_throughput(models, batch_size, num_classes, steps=10, warmup=3, rounds=3, seed=0,
                            sgds=None):
     """Images/s of each model's training step, measured in alternating rounds.

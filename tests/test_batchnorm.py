@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 import efficientnet
-import resnet
 from bnreg_tf.run import models
 from bnreg_tf.nn import batchnorm
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from bnreg_tf.run import rundir, trainer
 from bnreg_tf.run.config import ConfigError
-from bnreg_tf.data import catalog, folder, pipeline
+from bnreg_tf.data import catalog, folder
 from bnreg_tf.data.digits import digits_arrays
 from bnreg_tf.run.presets import PRESETS
 from bnreg_tf.run import inputs

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import resnet
 from bnreg_tf.run import models
 from benchmarks import device_grid, run
 from benchmarks.device_grid import Cell

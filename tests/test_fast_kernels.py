@@ -7,10 +7,9 @@ import pytest
 import tensorflow as tf
 
 import efficientnet
-import resnet
 from bnreg_tf.run import models
 from bnreg_tf.nn import conv
-from bnreg_tf.run import optimizers, schedules
+from bnreg_tf.run import optimizers
 from bnreg_tf.run.config import RunConfig
 
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import resnet
 from bnreg_tf.run import models
 from bnreg_tf.nn import agc, nf
 from bnreg_tf.nn import layers as bl

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bnreg_tf.data import catalog, pipeline
+from bnreg_tf.data import catalog
 from bnreg_tf.data.digits import digits_arrays
 from bnreg_tf.run.presets import PRESETS
 from bnreg_tf.run import inputs

@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import pytest
 
-import resnet
 from bnreg_tf.run import models
 from bnreg_tf.study import report, runner, signal, spp_figure
 from bnreg_tf.study.grid import make_study

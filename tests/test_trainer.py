@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from bnreg_tf.run import callbacks as cb, trainer
-from bnreg_tf.data import catalog, pipeline
+from bnreg_tf.data import catalog
 from bnreg_tf.data.digits import digits_arrays
 from bnreg_tf.run.models import build_network
 from bnreg_tf.run.presets import PRESETS

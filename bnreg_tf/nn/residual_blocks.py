@@ -50,62 +50,68 @@ def residual_blocks(model):
     earlier sum: there the output is the activation that alone consumes the sum, the tensor
     the next block receives.
     """
-    order = list(nodes(model))
-    node_of = {id(x): node for node in order for x in node.outputs}
-    level, consumers = {}, {}
-    for node in order:
-        height = 1 + max((level.get(id(x), 0) for x in node.input_tensors), default=0)
-        for x in node.outputs:
-            level[id(x)] = height
-        for x in node.input_tensors:
-            consumers.setdefault(id(x), []).append(node)
+    graph = _Graph(model)
+    found = [(node, *graph.skip_and_branch(node)) for node in filter(_is_addition, graph.order)]
+    sums = {id(node.outputs[0]) for node, *_ in found}
+    post_activation = any(identity and graph.activation_of_sum(skip, sums)
+                          for _, skip, _, identity in found)
+    blocks = []
+    for node, skip, branch, identity in found:
+        output = node.outputs[0]
+        after = graph.consumers.get(id(output), [])
+        if post_activation and len(after) == 1 and is_activation(after[0].operation):
+            output = after[0].outputs[0]
+        blocks.append(ResidualBlock(node, skip, graph.before_scales(branch), output, identity))
+    return blocks
 
-    def computed_from(tensor, source):
+
+class _Graph:
+    """The nodes of a flat functional model with what `residual_blocks` asks of them: each
+    tensor's producer, consumers and level (layers from the input)."""
+
+    def __init__(self, model):
+        self.order = list(nodes(model))
+        self.node_of = {id(x): node for node in self.order for x in node.outputs}
+        self.level, self.consumers = {}, {}
+        for node in self.order:
+            height = 1 + max((self.level.get(id(x), 0) for x in node.input_tensors), default=0)
+            for x in node.outputs:
+                self.level[id(x)] = height
+            for x in node.input_tensors:
+                self.consumers.setdefault(id(x), []).append(node)
+
+    def computed_from(self, tensor, source):
         seen, stack = set(), [tensor]
         while stack:
             x = stack.pop()
             if x is source:
                 return True
-            if id(x) not in seen and id(x) in node_of:
+            if id(x) not in seen and id(x) in self.node_of:
                 seen.add(id(x))
-                stack.extend(node_of[id(x)].input_tensors)
+                stack.extend(self.node_of[id(x)].input_tensors)
         return False
 
-    found = []
-    for node in filter(_is_addition, order):
+    def skip_and_branch(self, node):
+        """(skip, branch, identity) of an addition node (`residual_blocks`' rule)."""
         a, b = node.input_tensors
-        if computed_from(b, a):
-            skip, identity = a, True
-        elif computed_from(a, b):
-            skip, identity = b, True
-        elif level.get(id(a), 0) != level.get(id(b), 0):
-            skip, identity = min((a, b), key=lambda x: level.get(id(x), 0)), False
-        else:
-            raise ValueError(f"residual_blocks: the two inputs of {node.operation.name!r} are "
-                             "equally far from the input; cannot tell the skip from the branch")
-        found.append((node, skip, b if skip is a else a, identity))
-    sums = {id(node.outputs[0]) for node, *_ in found}
+        if self.computed_from(b, a):
+            return a, b, True
+        if self.computed_from(a, b):
+            return b, a, True
+        if self.level.get(id(a), 0) != self.level.get(id(b), 0):
+            skip = min((a, b), key=lambda x: self.level.get(id(x), 0))
+            return skip, (b if skip is a else a), False
+        raise ValueError(f"residual_blocks: the two inputs of {node.operation.name!r} are "
+                         "equally far from the input; cannot tell the skip from the branch")
 
-    def activation_of_sum(tensor):
-        node = node_of.get(id(tensor))
+    def activation_of_sum(self, tensor, sums):
+        node = self.node_of.get(id(tensor))
         return node is not None and is_activation(node.operation) and \
             len(node.input_tensors) == 1 and id(node.input_tensors[0]) in sums
 
-    def before_scales(tensor):
-        node = node_of.get(id(tensor))
+    def before_scales(self, tensor):
+        node = self.node_of.get(id(tensor))
         while node is not None and isinstance(node.operation, BRANCH_SCALES):
             tensor = node.input_tensors[0]
-            node = node_of.get(id(tensor))
+            node = self.node_of.get(id(tensor))
         return tensor
-
-    found = [(node, skip, before_scales(branch), identity)
-             for node, skip, branch, identity in found]
-    post_activation = any(identity and activation_of_sum(skip) for _, skip, _, identity in found)
-    blocks = []
-    for node, skip, branch, identity in found:
-        output = node.outputs[0]
-        after = consumers.get(id(output), [])
-        if post_activation and len(after) == 1 and is_activation(after[0].operation):
-            output = after[0].outputs[0]
-        blocks.append(ResidualBlock(node, skip, branch, output, identity))
-    return blocks

@@ -9,8 +9,6 @@ index to the ones that remain, and refuses to start from scratch while checkpoin
 import os
 import re
 
-import tensorflow as tf
-
 from bnreg_tf.run.config import ConfigError
 
 _NAME = re.compile(r"^ckpt-(\d+)\.index$")

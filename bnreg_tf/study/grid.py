@@ -134,19 +134,7 @@ def parse_shard(text):
     return index, count
 
 
-def make_study(name, given, variants=None, seeds=None, coefficients=None,
-               output_dir="reports/study", protocol=None, learning_rates=None, tuning_seeds=None):
-    """The checked grid of study preset `name` with the explicitly given run flags `given`.
-
-    `variants`, `seeds`, `coefficients`, `learning_rates`: the grid flags as lists of strings
-    (None: not given); `protocol` ("holdout" or "paper") and `tuning_seeds` (how many seeds
-    phase 1 uses) default to the preset's.
-    Raises ConfigError (one line) for an unknown preset, an empty or duplicated list, a negative
-    seed, a coefficient no chosen variant uses or a bad run config (`check_data`: missing data).
-    """
-    if name not in STUDY_PRESETS:
-        raise ConfigError(f"--preset: expected one of {', '.join(STUDY_PRESETS)}, got {name!r}")
-    chosen = STUDY_PRESETS[name]
+def _check_run_flags(given):
     if "model_dir" in given:
         raise ConfigError("--model_dir: bnreg-study puts each run under --output_dir/runs/")
     for field in ("holdout", "export"):
@@ -154,6 +142,10 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
             raise ConfigError(f"--{field}: bnreg-study sets each run's training split and export "
                               "by --protocol (holdout: the holdout; paper: tuning on the "
                               "holdout, final runs on the full training split)")
+
+
+def _check_grid(chosen, given, variants, seeds, coefficients):
+    """(variants, seeds, sweep) of the grid flags, each checked (one-line ConfigError)."""
     variants = _list("variants", variants) or list(chosen.variants)
     for variant in variants:
         if variant not in VARIANTS:
@@ -179,6 +171,11 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
             users = [v for v, d in VARIANTS.items() if d["coefficient"] == field]
             raise ConfigError(f"--{field}={given[field]:g}: no chosen variant uses it (it is the "
                               f"coefficient of {', '.join(users)})")
+    return variants, seeds, sweep
+
+
+def _check_protocol(chosen, given, protocol, learning_rates, tuning_seeds):
+    """(protocol, learning-rate grid, tuning seeds), each checked (one-line ConfigError)."""
     protocol = protocol or chosen.protocol
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -195,6 +192,40 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
     if tuning_seeds != chosen.tuning_seeds and protocol != "paper":
         raise ConfigError("--tuning_seeds: only the paper protocol has a tuning phase "
                           "(--protocol=paper)")
+    return protocol, rates, tuning_seeds
+
+
+def _check_runs(runs, also_checked):
+    """Run names tell settings apart, and every run's config passes the run's preflight."""
+    names = [spec.name for spec in runs]
+    clash = sorted({name for name in names if names.count(name) > 1})
+    if clash:
+        raise ConfigError(f"--coefficients/--learning_rates: values too close to tell apart in "
+                          f"run names ({clash[0]}); use values that differ in 6 digits")
+    for spec in [*runs, *also_checked]:
+        try:
+            preflight.check(spec.config)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (run {spec.name})") from None
+
+
+def make_study(name, given, variants=None, seeds=None, coefficients=None,
+               output_dir="reports/study", protocol=None, learning_rates=None, tuning_seeds=None):
+    """The checked grid of study preset `name` with the explicitly given run flags `given`.
+
+    `variants`, `seeds`, `coefficients`, `learning_rates`: the grid flags as lists of strings
+    (None: not given); `protocol` ("holdout" or "paper") and `tuning_seeds` (how many seeds
+    phase 1 uses) default to the preset's.
+    Raises ConfigError (one line) for an unknown preset, an empty or duplicated list, a negative
+    seed, a coefficient no chosen variant uses or a run config that fails the run's preflight.
+    """
+    if name not in STUDY_PRESETS:
+        raise ConfigError(f"--preset: expected one of {', '.join(STUDY_PRESETS)}, got {name!r}")
+    chosen = STUDY_PRESETS[name]
+    _check_run_flags(given)
+    variants, seeds, sweep = _check_grid(chosen, given, variants, seeds, coefficients)
+    protocol, rates, tuning_seeds = _check_protocol(chosen, given, protocol, learning_rates,
+                                                    tuning_seeds)
     output_dir = os.path.abspath(output_dir)
     # A coefficient flag sets its variants' coefficient, never the base run's (where it may not
     # apply: KL needs its variant's norm mode).
@@ -204,22 +235,11 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
            "holdout": True, "export": True, "model_dir": "<per run>"})
     runs = plan(base, chosen, variants, seeds, sweep, output_dir, explicit, rates, protocol,
                 tuple(range(tuning_seeds)))
+    finals = []
     if protocol == "paper":   # phase 2's configs are checked now too, one per variant
         rate = rates[0] if rates else base.learning_rate
-        runs_to_check = runs + [_spec(base, v, grid_of(chosen, v, base, sweep, explicit)[0],
-                                      rate, seeds[0], "final", output_dir, True)
-                                for v in variants]
-    else:
-        runs_to_check = runs
-    names = [spec.name for spec in runs]
-    clash = sorted({name for name in names if names.count(name) > 1})
-    if clash:
-        raise ConfigError(f"--coefficients/--learning_rates: values too close to tell apart in "
-                          f"run names ({clash[0]}); use values that differ in 6 digits")
-    for spec in runs_to_check:
-        try:
-            preflight.check(spec.config)
-        except ConfigError as error:
-            raise ConfigError(f"{error} (run {spec.name})") from None
+        finals = [_spec(base, v, grid_of(chosen, v, base, sweep, explicit)[0], rate, seeds[0],
+                        "final", output_dir, True) for v in variants]
+    _check_runs(runs, finals)
     return Study(name, chosen, base, tuple(variants), tuple(seeds), tuple(sweep or ()),
                  output_dir, tuple(runs), protocol, rates, tuple(range(tuning_seeds)))

@@ -10,14 +10,19 @@ scikit-learn's two sample photographs, held in memory as bytes. Both pipelines r
 per image in `Dataset.map` with AUTOTUNE parallelism; the decode-then-crop pipeline first decodes
 the whole JPEG (`tf.io.decode_jpeg`, as TFDS does) and hands the pixels over. Rows: the training
 crop (random crop, bicubic resize, flip), the same with RandAugment (N=2, M=28), and the eval
-crop; best of `rounds` alternating rounds.
+crop; best of `rounds` alternating rounds. A second table times each step of one image alone,
+which says where the time goes at each size.
 """
+import time
+
 import numpy as np
 import tensorflow as tf
 
 from benchmarks.timing import machine, map_images_per_second
 from bnreg_tf.run import inputs
 from bnreg_tf.run.presets import PRESETS
+from efficientnet import input_pipeline
+from efficientnet.augment_ops import randaugment
 
 SIZES = (224, 380, 672)
 SHAPES = ((375, 500), (500, 375), (333, 500), (480, 640), (300, 400), (600, 800), (500, 500),
@@ -67,7 +72,7 @@ def _pipelines(prep, mode):
     }
 
 
-def rows(sizes=SIZES, count=320, rounds=3):
+def rows(sizes=SIZES, count=320, rounds=5):
     """Yields `(size, pipeline, decode-then-crop images/s, bytes images/s, speed-up)`."""
     files = jpeg_images()
     for size in sizes:
@@ -83,13 +88,52 @@ def rows(sizes=SIZES, count=320, rounds=3):
             yield size, mode, whole, window, window / whole
 
 
+def _median_ms(fn, *args, repeats=40):
+    """Median wall time of `fn(*args)` (a `tf.function`; the inputs are arguments, not captured
+    constants, which grappler could fold away)."""
+    fn(*args)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def op_rows(sizes=SIZES):
+    """Yields `(step, ms per image)`: where one 500x375 image's time goes (median of 40 calls of
+    each step alone as a `tf.function`, one at a time)."""
+    data = tf.constant(jpeg_images(count=1)[0])
+    shape = tf.image.extract_jpeg_shape(data)
+    eval_window = input_pipeline.center_crop_window(shape, 224)
+    random = tf.constant([40, 90, 260, 300])   # about half the area, as a random crop's mean
+    decode = tf.function(lambda d: tf.io.decode_jpeg(d, channels=3))
+    window = tf.function(lambda d, w: tf.image.decode_and_crop_jpeg(d, w, channels=3))
+    yield "decode the whole JPEG", _median_ms(decode, data)
+    yield "decode the eval window (0.875)", _median_ms(window, data, eval_window)
+    yield "decode a 260x300 window", _median_ms(window, data, random)
+    crop = window(data, random)
+    resize = tf.function(input_pipeline.resize_bicubic)
+    finish = tf.function(lambda x: input_pipeline.normalize(tf.image.flip_left_right(x)))
+    augment = tf.function(lambda x: randaugment(x, 2, 28.0, tf.constant([1, 2], tf.int64)))
+    for size in sizes:
+        resized = resize(crop, size)
+        pixels = tf.cast(tf.clip_by_value(resized, 0, 255), tf.uint8)
+        yield f"bicubic resize to {size}", _median_ms(resize, crop, size)
+        yield f"flip + normalise at {size}", _median_ms(finish, resized)
+        yield f"RandAugment(2, 28) at {size}", _median_ms(augment, pixels)
+
+
 def print_table(args=None):
-    print("\n### ImageNet input pipeline from JPEG bytes, images/s (issue 25; best of 3 "
+    print("\n### ImageNet input pipeline from JPEG bytes, images/s (issue 25; best of 5 "
           "alternating rounds)\n")
     print("| size | pipeline | decode whole, then crop | bytes, window decoded | speed-up |")
     print("|---:|---|---:|---:|---:|")
     for size, mode, whole, window, ratio in rows():
         print(f"| {size} | {mode} | {whole:.0f} | {window:.0f} | {ratio:.2f}x |")
+    print("\n| one 500x375 JPEG, step alone | ms |\n|---|---:|")
+    for name, ms in op_rows():
+        print(f"| {name} | {ms:.2f} |")
 
 
 if __name__ == "__main__":

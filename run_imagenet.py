@@ -1,4 +1,5 @@
-"""ImageNet training of ResNet-50 (Goyal et al.) or EfficientNet (TPU reference) by preset/flags.
+"""ImageNet training of ResNet-50 (Goyal et al.), NF-ResNet-50 (nfnets) or EfficientNet (TPU
+reference) by preset/flags.
 
     python run_imagenet.py --preset=resnet50_imagenet --data_dir=$TFDS --model_dir=runs/r50 \
         --norm=fixup --embedding_l2=... --strategy=mirrored
@@ -14,7 +15,8 @@ from bnreg_tf.cli.errors import run_main
 from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.flags import config_from_flags
 
-IMAGENET_PRESETS = ("resnet50_imagenet", "efficientnet_b0_imagenet", "efficientnet_b8_imagenet")
+IMAGENET_PRESETS = ("resnet50_imagenet", "nf_resnet50_imagenet", "efficientnet_b0_imagenet",
+                    "efficientnet_b8_imagenet")
 
 
 def main():

@@ -17,12 +17,13 @@ import time
 import keras
 import tensorflow as tf
 
-from benchmarks import (device_grid, efficientnet_throughput, input_pipeline, kernels, memory,
-                        penalty_overhead, precision, randaugment_throughput, resnet_throughput)
+from benchmarks import (device_grid, efficientnet_throughput, input_pipeline, jpeg_pipeline,
+                        kernels, memory, penalty_overhead, precision, randaugment_throughput,
+                        resnet_throughput)
 from benchmarks.timing import machine, matmul_peak_gflops
 
 SECTIONS = ("resnet", "efficientnet", "randaugment", "penalties", "precision", "pipeline",
-            "memory", "kernels", "device")
+            "jpeg", "memory", "kernels", "device")
 
 
 def resnet_section(args, peak):
@@ -83,6 +84,10 @@ def pipeline_section(args, peak):
     print("|---|---:|---|---:|---:|")
     for name, rate, consumer, consumed, ratio in input_pipeline.rows(args.batch_size):
         print(f"| {name} | {rate:.0f} | {consumer} | {consumed:.1f} | {ratio:.1f}x |")
+
+
+def jpeg_section(args, peak):
+    jpeg_pipeline.print_table(args)
 
 
 def memory_section(args, peak):

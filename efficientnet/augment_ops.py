@@ -7,8 +7,8 @@ Two variants of the pixel arithmetic (`--randaugment_variant`):
   saw. Its uint8 comparisons wrap the Solarize threshold modulo 256 (M=10 inverts every pixel,
   M=28 thresholds at 204); its uint8 shift wraps Posterize's `8 - bits` and TF clamps the shift
   to 7 (M=28 keeps only the top bit); Contrast blends with `pixel count / 256` instead of the
-  mean grey; greyscale is TF's `rgb_to_grayscale`; Sharpness truncates the smoothed image;
-  AutoContrast computes in float32.
+  mean grey; greyscale is TF's `rgb_to_grayscale`; Sharpness smooths with the kernel divided by
+  13 in float32 and truncates; AutoContrast computes in float32.
 - `corrected`: the same ops with PIL's definitions (`ImageOps` / `ImageEnhance`): saturating
   levels (posterize keeps min(8, bits) bits, a threshold above 255 changes nothing), Contrast with
   PIL's rounded mean grey, PIL's "L" greyscale, rounded SMOOTH filter, float64 AutoContrast.
@@ -18,8 +18,10 @@ the reference agree); geometric ops with nearest-neighbour sampling through core
 `ImageProjectiveTransformV3` and the reference's fill value 128; level `M/10` unclipped.
 Each of `num_layers` layers picks one op uniformly through `tf.switch_case`, so only the chosen
 op runs. Randomness is stateless: the same `seed` gives the same image eagerly and in `tf.data`.
-Greyscale and smoothing are computed in exact integer arithmetic (the reference's formulas;
-its float32 kernels land one level lower at some exact ties, see BUILD_NOTES.md).
+Under `reference`, greyscale and smoothing are the reference's own float32 ops (TF's
+`rgb_to_grayscale`, a depthwise convolution with the kernel / 13), which land one level lower
+than exact arithmetic where a value is an integer just missed; `corrected` computes PIL's in exact
+integer arithmetic (BUILD_NOTES.md "Issue 25", docs/references.md §5.13).
 """
 import functools
 import math
@@ -48,16 +50,17 @@ def blend(degenerate, image, factor):
 def grayscale(image, variant="reference"):
     """uint8 [H, W, 1] grey level.
 
-    reference: TF's `rgb_to_grayscale`, i.e. weights (0.2989, 0.5870, 0.1140) on x/255, times
-    255.5, truncated: exactly `(2989 r + 5870 g + 1140 b) * 511 // 5_100_000`.
+    reference: TF's `rgb_to_grayscale` itself, the reference's op: float32 `x * (1/255)`, the
+    dot product with (0.2989, 0.5870, 0.1140), times 255.5, truncated. In exact arithmetic this
+    is `(2989 r + 5870 g + 1140 b) * 511 // 5_100_000`; float32 rounding puts some colours one
+    level lower (BUILD_NOTES.md "Issue 25").
     corrected: PIL's "L", `(19595 r + 38470 g + 7471 b + 2^15) >> 16`.
     """
+    if variant == "reference":
+        return tf.image.rgb_to_grayscale(tf.convert_to_tensor(image, tf.uint8))
     x = tf.cast(image, tf.int32)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    if variant == "reference":
-        grey = (2989 * r + 5870 * g + 1140 * b) * 511 // 5_100_000
-    else:
-        grey = (19595 * r + 38470 * g + 7471 * b + 32768) // 65536
+    grey = (19595 * r + 38470 * g + 7471 * b + 32768) // 65536
     return tf.cast(grey, tf.uint8)[..., None]
 
 
@@ -143,19 +146,30 @@ def brightness(image, factor):
     return blend(tf.zeros_like(image), image, factor)
 
 
-def sharpness(image, factor, variant="reference"):
-    """Blend with the image smoothed by [[1,1,1],[1,5,1],[1,1,1]]/13 (borders unchanged).
+def smooth(image, variant="reference"):
+    """uint8 [H-2, W-2, 3]: the image smoothed by [[1,1,1],[1,5,1],[1,1,1]]/13, valid part.
 
-    reference: the smoothed value is truncated (a float32 conv cast to uint8); corrected: rounded
-    (PIL's SMOOTH filter). The 3x3 sums are integers, exact in float32.
+    reference: the reference's float32 arithmetic, a depthwise convolution with the kernel
+    divided by 13 (each weight rounded to float32), clipped and truncated to uint8, so a value
+    that is an integer in exact arithmetic can land just under it and one level lower.
+    corrected: PIL's SMOOTH filter, the integer 3x3 sum divided by 13 and rounded (exact).
     """
-    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32)
-    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    total = tf.nn.depthwise_conv2d(tf.cast(image, tf.float32)[None], kernel, [1, 1, 1, 1], "VALID")
-    total = tf.cast(total[0], tf.int32)
-    smooth = tf.cast(total // 13 if variant == "reference" else (total + 6) // 13, tf.uint8)
-    inner = tf.pad(tf.ones_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]])
-    degenerate = tf.where(inner, tf.pad(smooth, [[1, 1], [1, 1], [0, 0]]), image)
+    x = tf.cast(image, tf.float32)[None]
+    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32)[:, :, None, None]
+    if variant == "reference":
+        kernel = tf.tile(kernel / 13.0, [1, 1, 3, 1])
+        total = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID")[0]
+        return tf.cast(tf.clip_by_value(total, 0.0, 255.0), tf.uint8)
+    total = tf.nn.depthwise_conv2d(x, tf.tile(kernel, [1, 1, 3, 1]), [1, 1, 1, 1], "VALID")
+    return tf.cast((tf.cast(total[0], tf.int32) + 6) // 13, tf.uint8)  # integer sums: exact
+
+
+def sharpness(image, factor, variant="reference"):
+    """Blend with the image smoothed by [[1,1,1],[1,5,1],[1,1,1]]/13 (`smooth`; borders
+    unchanged)."""
+    smooth_image = smooth(image, variant)
+    inner = tf.pad(tf.ones_like(smooth_image, tf.bool), [[1, 1], [1, 1], [0, 0]])
+    degenerate = tf.where(inner, tf.pad(smooth_image, [[1, 1], [1, 1], [0, 0]]), image)
     return blend(degenerate, image, factor)
 
 

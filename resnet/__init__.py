@@ -9,6 +9,7 @@ the same with the architecture named. The binaries pick a model by its name thro
 """
 import functools
 
+from bnreg_tf.nn.revisions import LATEST as LATEST_REVISION
 from resnet.norm import MODES, NORM_MODES, NormMode, NormPolicy
 from resnet.resnet_v1 import RESNETS, ResNetSpec, build_resnet_v1
 from resnet.wide_resnet import WideResNetSpec, build_wide_resnet, parse_wrn
@@ -25,6 +26,6 @@ resnet50 = functools.partial(build_resnet_v1, RESNETS[50], name="resnet50")
 resnet101 = functools.partial(build_resnet_v1, RESNETS[101], name="resnet101")
 resnet152 = functools.partial(build_resnet_v1, RESNETS[152], name="resnet152")
 
-__all__ = ["MODES", "NORM_MODES", "NormMode", "NormPolicy", "RESNETS", "ResNetSpec",
-           "WideResNetSpec", "build_resnet_v1", "build_wide_resnet", "parse_wrn", "resnet18",
-           "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet"]
+__all__ = ["LATEST_REVISION", "MODES", "NORM_MODES", "NormMode", "NormPolicy", "RESNETS",
+           "ResNetSpec", "WideResNetSpec", "build_resnet_v1", "build_wide_resnet", "parse_wrn",
+           "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet"]

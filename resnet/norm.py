@@ -10,7 +10,7 @@ import dataclasses
 
 import keras
 
-from bnreg_tf.nn import batchnorm, conv, init, nf
+from bnreg_tf.nn import batchnorm, conv, init, nf, revisions
 from bnreg_tf.nn import layers as bl
 from bnreg_tf.nn.heads import classifier_head
 from bnreg_tf.nn.init import Seeds
@@ -24,9 +24,12 @@ class NormMode:
     single_bn: one BN on the final feature map, before the average pool.
     fixup: Fixup's scalars and init, with the last branch layer "zeros" (Fixup) or
         "standardize" (He / sqrt(L), the paper's KL runs); "" = no Fixup.
-    skip_gain: a trainable scalar initialised to 0 at the end of every residual branch (SkipInit).
+    skip_gain: a trainable scalar (from `skipinit_gain`, 0 by default) at the end of every
+        residual branch (SkipInit).
     normalizer_free: NF-ResNet: scaled weight standardization, `x + alpha * f(x / beta)`, and
         a pre-activation ResNet v1.
+    reference_block: from revision 2, the SkipInit reference's pre-activation ResNet v1 and
+        Haiku's default convolution init (`nfnets/skipinit_resnet.py`).
     conv_bias: biases on the convolutions after the stem (on all of them when normalizer_free).
     classifier: the classifier kernel's init: "glorot", "zeros" or "normal" (std 0.01).
     """
@@ -36,6 +39,7 @@ class NormMode:
     fixup: str = ""
     skip_gain: bool = False
     normalizer_free: bool = False
+    reference_block: bool = False
     conv_bias: bool = False
     classifier: str = "glorot"
 
@@ -48,7 +52,8 @@ MODES = {
     "single_bn": NormMode(single_bn=True),
     "fixup_single_bn": NormMode(sites="fixup_bias", single_bn=True, fixup="zeros",
                                 classifier="zeros"),
-    "skipinit": NormMode(skip_gain=True, conv_bias=True, classifier="zeros"),
+    "skipinit": NormMode(skip_gain=True, conv_bias=True, classifier="zeros",
+                         reference_block=True),
     "nf_resnet": NormMode(skip_gain=True, normalizer_free=True, conv_bias=True,
                           classifier="normal"),
 }
@@ -70,22 +75,29 @@ class NormPolicy:
     - none / single_bn: no normalization, conventional He-normal(fan_out) init.
     - *single_bn: one BN on the final feature map, before the average pool.
     - skipinit (De & Smith 2020, "SkipInit"; the reference is google-deepmind/deepmind-research
-      `nfnets/skipinit_resnet.py`): no normalization; a trainable scalar gain initialised to 0
-      at the end of every residual branch, so that every block starts as the identity (what BN
-      does approximately at init, the paper's argument); biases on every convolution but the
-      stem's, as the reference; He-normal(fan_out) branch init (the `none` mode's); a zero
-      classifier, as the reference (`fc_init=jnp.zeros`). ResNet v1 keeps its post-activation
-      blocks (`relu(x + gain * f(x))`, the identity at init on the non-negative stream).
+      `nfnets/skipinit_resnet.py`): no normalization; a trainable scalar gain (from
+      `skipinit_gain`, 0 as the reference) at the end of every residual branch, so that every
+      block starts as the identity (what BN does approximately at init, the paper's argument);
+      biases on every convolution but the stem's and a zero classifier (`fc_init=jnp.zeros`), as
+      the reference. Revision 2 (default): the reference's pre-activation ResNet v1 (as
+      nf_resnet, without alpha and beta) and Haiku's default conv init
+      (`nf.haiku_conv_initializer`); revision 1: post-activation ResNet v1 blocks
+      (`relu(x + gain * f(x))`) and He-normal(fan_out) init.
     - nf_resnet (Brock et al. 2021a, section 4; the reference is `nfnets/nf_resnet.py`): no
-      normalization; every convolution a `bnreg_tf.nn.nf.ScaledStdConv2D` (with bias) whose gamma
-      is the activation's (1 for the stem, which reads the images); blocks
+      normalization; every convolution a `bnreg_tf.nn.nf.ScaledStdConv2D` (with bias); every
+      activation times the reference's gamma (`nf.scaled_activation`; revision 1: the closed
+      form inside each kernel that reads an activation); blocks
       `x + alpha * gain * f(act(x) / beta)` with alpha = 0.2, beta the expected std of the
       stream (`nf.StreamVariance`) and the projection shortcut reading `act(x) / beta`; `gain`
-      the SkipInit scalar initialised to 0, the reference's default (`skipinit_gain=jnp.zeros`;
-      timm's NF-ResNets leave it out); a classifier N(0, 0.01) with zero bias (the reference's
-      `fc_init`). NF-ResNets are pre-activation: in ResNet v1 the ReLU after each Add and after
-      the stem moves to the start of the next branch and before the final pool (`preactivation`),
-      which makes `resnet50` the reference's NF-ResNet-50.
+      the SkipInit scalar (the reference's `skipinit_gain`, 0 by default; timm's NF-ResNets leave
+      it out); a classifier N(0, 0.01) with zero bias (the reference's `fc_init`). NF-ResNets
+      are pre-activation: in ResNet v1 the ReLU after each Add and after the stem moves to the
+      start of the next branch and before the final pool (`preactivation`), which makes
+      `resnet50` the reference's NF-ResNet-50.
+    Stochastic depth (`drop_rate` > 0, the last block's rate): block i of the network's n
+    (0-based) drops its branch per example with rate `drop_rate * i / n` just before the
+    addition, masked and not rescaled, identity at inference (the reference's `StochDepth`,
+    `nfnets/base.py`, whose rate schedule EfficientNet's drop-connect shares).
     Every norm site's input is recorded in `sites`, in build order: the builders hand them to
     `regularize(norm_sites=...)`, which puts the norm-site penalties there (KL standardization,
     named after the layer it measures, e.g. `stage1_block0_conv1_kl`). In the post-activation
@@ -102,22 +114,53 @@ class NormPolicy:
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     seeds: Seeds = dataclasses.field(default_factory=lambda: Seeds(None))
+    revision: int = revisions.LATEST
+    skipinit_gain: float = 0.0
+    drop_rate: float = 0.0
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"norm must be one of {', '.join(NORM_MODES)}; got {self.mode!r}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1); got {self.drop_rate!r}")
+        self.revision = revisions.check(self.revision)
         self.row = MODES[self.mode]
         self.sites = []
         self.stream = nf.StreamVariance(nf.ALPHA)
+        self.blocks_seen = 0
+        # Their own seed stream: stochastic depth does not shift the initial weights.
+        self.drop_seeds = Seeds(None if self.seeds.seed is None else self.seeds.seed + 2**16)
 
     @property
     def fixup(self):
         return bool(self.row.fixup)
 
     @property
+    def reference_skipinit(self):
+        """SkipInit in the reference's form (revision 2)."""
+        return self.row.reference_block and self.revision >= 2
+
+    @property
     def preactivation(self):
-        """Whether ResNet v1 is built with pre-activation blocks (NF-ResNet)."""
-        return self.row.normalizer_free
+        """Whether ResNet v1 is built with pre-activation blocks (NF-ResNet, SkipInit)."""
+        return self.row.normalizer_free or self.reference_skipinit
+
+    def activate(self, x, name):
+        """The activation: NF-ResNet's times its gamma (revision 2), else plain."""
+        if self.row.normalizer_free and self.revision >= 2:
+            return nf.scaled_activation(self.activation, nf.activation_gamma(self.activation),
+                                        name)(x)
+        return activation_layer(self.activation, name)(x)
+
+    def drop_path(self, x, name):
+        """The end of a block's branch, before the addition: stochastic depth at this block's
+        rate (class docstring), or `x` when the rate is 0. Call once per block, in order."""
+        rate = self.drop_rate * self.blocks_seen / self.num_blocks
+        self.blocks_seen += 1
+        if rate == 0.0:
+            return x
+        return bl.StochasticDepth(rate, seed=self.drop_seeds(), scale_by_keep=False,
+                                  name=f"{name}_drop")(x)
 
     def _site_input(self, x):
         """Records `x`, the input of a norm site (see the class docstring)."""
@@ -164,12 +207,12 @@ class NormPolicy:
         return nf.FixedScale(1.0 / beta, name=f"{name}_beta")(x)
 
     def branch_end(self, x, name):
-        """The end of a residual branch: Fixup's multiplier (from 1); SkipInit's gain (from 0);
-        NF-ResNet's gain then alpha."""
+        """The end of a residual branch: Fixup's multiplier (from 1); SkipInit's gain (from
+        `skipinit_gain`); NF-ResNet's gain then alpha."""
         if self.fixup:
             x = bl.ScalarScale(name=f"{name}_scale")(x)
         if self.row.skip_gain:
-            x = bl.ScalarScale(initial_value=0.0, name=f"{name}_gain")(x)
+            x = bl.ScalarScale(initial_value=self.skipinit_gain, name=f"{name}_gain")(x)
         if self.row.normalizer_free:
             x = nf.FixedScale(nf.ALPHA, name=f"{name}_alpha")(x)
         return x
@@ -180,11 +223,15 @@ class NormPolicy:
         if role not in CONV_ROLES:
             raise ValueError(f"conv role must be one of {', '.join(CONV_ROLES)}; got {role!r}")
         if self.row.normalizer_free:
-            gamma = 1.0 if role == "stem" else nf.activation_gamma(self.activation)
+            legacy = self.revision < 2   # gamma in the kernel, the closed form, truncated init
+            gamma = nf.activation_gamma(self.activation, reference=False) \
+                if legacy and role != "stem" else 1.0
             return nf.ScaledStdConv2D(filters, kernel, gamma=gamma, strides=stride,
                                       padding="same", kernel_initializer=nf.ws_initializer(
-                                          self.seeds()), name=name)(x)
-        if role in ("branch", "branch_last"):
+                                          self.seeds(), truncated=legacy), name=name)(x)
+        if self.reference_skipinit:
+            initializer = nf.haiku_conv_initializer(self.seeds())
+        elif role in ("branch", "branch_last"):
             initializer = self.conv_init(last_in_branch=role == "branch_last")
         else:
             initializer = self.plain_conv_init()
@@ -225,6 +272,13 @@ class NormPolicy:
             embedding, num_classes, kernel_initializer=self.classifier_init(),
             pre_classifier=bl.ScalarBias(name="classifier_input_bias") if self.fixup else None,
         )
+
+
+def drop_rate(survival_prob):
+    """The last block's stochastic-depth rate, `1 - survival_prob` (ValueError outside (0, 1])."""
+    if not 0.0 < survival_prob <= 1.0:
+        raise ValueError(f"survival_prob must be in (0, 1], got {survival_prob!r}")
+    return 1.0 - survival_prob
 
 
 def activation_layer(kind, name):

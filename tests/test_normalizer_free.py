@@ -77,19 +77,21 @@ def cross_entropy_gradients(model, x, y):
     return tape.gradient(loss, model.trainable_variables)
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
-def test_training_step_clips_every_variable_but_the_classifier(rng, weight_decay):
+@pytest.mark.parametrize("weight_decay,revision", [(0.0, 2), (0.05, 2), (0.05, 1)])
+def test_training_step_clips_every_variable_but_the_classifier(rng, weight_decay, revision):
     """The applied gradient is AGC(cross-entropy gradient) + wd * w: the decay is not clipped
-    (the NFNets reference's SGD_AGC)."""
+    (the NFNets reference's SGD_AGC). The classifier's kernel is not clipped, its bias is
+    (the reference; revision 1 left both alone)."""
     network = models.build("wrn10_1", num_classes=3, input_shape=(8, 8, 3), norm="none",
                                  seed=0)
-    model = Classifier(network, 3, agc=0.01, weight_decay=weight_decay)
+    model = Classifier(network, 3, agc=0.01, weight_decay=weight_decay, revision=revision)
     model.compile(optimizer=keras.optimizers.SGD(1.0), jit_compile=False)
     x, y = rng.normal(size=(8, 8, 8, 3)).astype(np.float32), np.arange(8) % 3
     grads = cross_entropy_gradients(model, x, y)
     before = [v.numpy().astype(np.float64) for v in model.trainable_variables]
     model.train_on_batch(x, y)
-    classifier = {id(v) for v in network.get_layer("classifier").trainable_variables}
+    layer = network.get_layer("classifier")
+    classifier = {id(v) for v in ([layer.kernel, layer.bias] if revision == 1 else [layer.kernel])}
     clipped_units = 0
     for v, g, b in zip(model.trainable_variables, grads, before):
         step = b - v.numpy().astype(np.float64)  # lr 1, no momentum: the applied gradient
@@ -101,7 +103,10 @@ def test_training_step_clips_every_variable_but_the_classifier(rng, weight_decay
             want = numpy_agc(raw, b, 0.01, 1e-3)
             np.testing.assert_allclose(step, want + weight_decay * b, rtol=1e-4, atol=2e-7)
             clipped_units += int(np.sum(unit_norms(want) < 0.999 * unit_norms(raw)))
-    assert len(classifier) == 2 and clipped_units > 10
+    assert len(classifier) == (2 if revision == 1 else 1) and clipped_units > 10
+    index = [id(v) for v in model.trainable_variables].index(id(layer.bias))
+    bias_gradient = grads[index].numpy().astype(np.float64)   # AGC acts on it (revision 2)
+    assert np.any(numpy_agc(bias_gradient, before[index], 0.01, 1e-3) != bias_gradient)
 
 
 def test_a_step_with_an_optimizer_that_all_reduces_again_is_refused(rng):
@@ -233,7 +238,8 @@ def test_normalizer_free_network_round_trips_through_a_keras_file(tmp_path, rng)
     np.testing.assert_allclose(reloaded(x)["embedding"], expected, rtol=1e-5, atol=1e-6)
     gains = [layer for layer in reloaded.layers if isinstance(layer, bl.ScalarScale)]
     assert gains and all(g.initial_value == 0.0 for g in gains)
-    assert reloaded.get_layer("group2_block0_conv1").gamma == pytest.approx(nf.RELU_GAMMA)
+    assert reloaded.get_layer("group2_block0_conv1").gamma == 1.0   # the activations carry it
+    assert reloaded.get_layer("group2_block0_act1").gamma == nf.REFERENCE_RELU_GAMMA
     assert reloaded.get_layer("stem_conv").gamma == 1.0
 
 
@@ -275,23 +281,28 @@ def numpy_max_pool_same(x, size=3, stride=2):
 NF_NETS = {
     # Stage 1: an identity block (4 -> 4 channels); stage 2: a projection block, then an
     # identity block whose beta shows the reset: sqrt(1 + alpha^2), not sqrt(1 + 2 alpha^2).
-    "resnet_v1": (lambda: build_resnet_v1(
+    "resnet_v1": (lambda revision: build_resnet_v1(
         ResNetSpec(False, (1, 2), widths=(4, 8), stem_width=4), num_classes=3,
         input_shape=(16, 16, 3), norm="nf_resnet", activation="relu", dropout=0.0,
-        standardization_kl=0.0, embedding_l2=0.0, functional_l2=0.0, seed=2),
+        standardization_kl=0.0, embedding_l2=0.0, functional_l2=0.0, seed=2, revision=revision),
         ["stage1_block0", "stage2_block0", "stage2_block1"], "act0"),
-    "wrn": (lambda: models.build("wrn10_1", num_classes=3, input_shape=(8, 8, 3),
-                                       norm="nf_resnet", seed=2),
+    "wrn": (lambda revision: models.build("wrn10_1", num_classes=3, input_shape=(8, 8, 3),
+                                          norm="nf_resnet", seed=2, revision=revision),
             ["group1_block0", "group2_block0", "group3_block0"], "act1"),
 }
 
 
+@pytest.mark.parametrize("revision", [1, 2])
 @pytest.mark.parametrize("family", list(NF_NETS))
-def test_nf_block_arithmetic_against_numpy(family, rng):
-    """x_out = shortcut + alpha * gain * f(relu(x) / beta), beta from the variance recurrence;
-    the projection shortcut is the standardized 1x1 conv of relu(x) / beta."""
+def test_nf_block_arithmetic_against_numpy(family, revision, rng):
+    """x_out = shortcut + alpha * gain * f(gamma * relu(x) / beta), beta from the variance
+    recurrence; the projection shortcut is the standardized 1x1 conv of gamma * relu(x) / beta.
+    Revision 2: gamma the reference's, on the activation (the embedding is mean(gamma *
+    relu(x))); revision 1: the closed form inside every kernel that reads an activation."""
     build, blocks, act = NF_NETS[family]
-    model = build()
+    model = build(revision)
+    gamma = nf.REFERENCE_RELU_GAMMA if revision == 2 else 1.0
+    kernel_gamma = 1.0 if revision == 2 else nf.RELU_GAMMA
     gains = {}
     for block in blocks:
         gains[block] = float(rng.uniform(0.5, 1.5))
@@ -313,11 +324,12 @@ def test_nf_block_arithmetic_against_numpy(family, rng):
         beta = np.sqrt(variance)
         variance = (1.0 if projection else variance) + alpha**2
         assert conv1.input is model.get_layer(f"{block}_beta").output
-        np.testing.assert_allclose(scaled, np.maximum(x_in, 0) / beta, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scaled, gamma * np.maximum(x_in, 0) / beta, rtol=1e-5,
+                                   atol=1e-6)
         if projection:
             shortcut_layer = model.get_layer(f"{block}_shortcut")
             w = numpy_standardize(shortcut_layer.kernel.numpy(), shortcut_layer.gain.numpy(),
-                                  nf.RELU_GAMMA)[0, 0]
+                                  kernel_gamma)[0, 0]
             stride = x_in.shape[1] // out.shape[1]
             shortcut = scaled[:, ::stride, ::stride] @ w + shortcut_layer.bias.numpy()
         else:
@@ -328,5 +340,5 @@ def test_nf_block_arithmetic_against_numpy(family, rng):
     if family == "resnet_v1":  # no activation between the stem and the max pool
         np.testing.assert_allclose(first, numpy_max_pool_same(stem.numpy().astype(np.float64)),
                                    rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(embedding, np.maximum(out, 0).mean(axis=(1, 2)),
+    np.testing.assert_allclose(embedding, gamma * np.maximum(out, 0).mean(axis=(1, 2)),
                                rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ from PIL import Image, ImageOps, ImageEnhance
 from sklearn.datasets import load_sample_image
 
 from efficientnet import augment_ops as ra
+from tests.test_randaugment_reference import reference_grayscale, reference_smooth
 
 MAGNITUDES = (5, 10, 28)
 SIGNED = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"}
@@ -28,8 +29,9 @@ IMAGES = {"gradient": _gradient(), "photo": load_sample_image("china.jpg")[150:1
 
 
 # NumPy derivations of the reference's formulas, written from its code's arithmetic: float64,
-# except where the reference's own float32 elementwise arithmetic decides a grey level (the
-# blend, autocontrast's scale), which IEEE float32 in NumPy reproduces exactly.
+# except where the reference's own float32 arithmetic decides a grey level (the blend,
+# autocontrast's scale, and since issue 25 the greyscale and the smoothing convolution, in TF's
+# float32 op order), which IEEE float32 in NumPy reproduces exactly.
 
 def np_blend(degenerate, image, factor):
     """`d + f (x - d)` in float32, as the reference's `tf.to_float` blend computes it (in float64
@@ -41,9 +43,9 @@ def np_blend(degenerate, image, factor):
 
 
 def np_rgb_to_grayscale(image):
-    """TF's rgb_to_grayscale: to [0, 1], weights (0.2989, 0.5870, 0.1140), back times 255.5."""
-    grey = (image.astype(np.float64) / 255.0) @ np.array([0.2989, 0.5870, 0.1140])
-    return np.floor(grey * 255.5).astype(np.uint8)
+    """TF's rgb_to_grayscale: to [0, 1], weights (0.2989, 0.5870, 0.1140), back times 255.5, in
+    its float32 op order (issue 25; tests/test_randaugment_reference.py)."""
+    return reference_grayscale(image)[..., 0]
 
 
 def np_solarize(image, threshold):
@@ -65,12 +67,9 @@ def np_contrast(image, factor):
 
 
 def np_sharpness(image, factor):
-    x = image.astype(np.float64)
-    h, w = image.shape[:2]
-    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float64)
-    smooth = sum(kernel[i, j] * x[i:i + h - 2, j:j + w - 2] for i in range(3) for j in range(3))
+    """The kernel / 13 convolution in the reference's float32 op order (issue 25)."""
     degenerate = image.copy()
-    degenerate[1:-1, 1:-1] = np.clip(smooth / 13.0, 0, 255).astype(np.uint8)
+    degenerate[1:-1, 1:-1] = reference_smooth(image)
     return np_blend(degenerate, image, factor)
 
 

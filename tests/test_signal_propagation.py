@@ -277,7 +277,7 @@ def test_any_functional_model_efficientnet_variance_grows_by_one_per_bn_block():
     rows = monitor.measure()
     names = ["2b", "3b", "4b", "4c", "5b", "5c", "6b", "6c", "6d"]
     assert [(r["name"], r["branch"]) for r in rows] == \
-        [(f"block{n}_add", f"block{n}_drop") for n in names]
+        [(f"block{n}_add", f"block{n}_project_bn") for n in names]   # before stochastic depth
     assert all(block.identity for block in monitor.blocks)
     np.testing.assert_allclose([r["branch_variance"] for r in rows], 1.0, atol=0.01)
     np.testing.assert_allclose([r["variance"] for r in rows], [2, 2, 2, 3, 2, 3, 2, 3, 4],

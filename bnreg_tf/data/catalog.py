@@ -33,7 +33,8 @@ DATASETS = {
     "svhn_cropped": DatasetSpec("svhn_cropped", 10, 32, 3, 73_257, 3_257, "test", 26_032, "crop",
                                 ((111.6, 113.2, 120.6), (50.5, 51.3, 50.2))),
     "imagenet2012": DatasetSpec("imagenet2012", 1000, 224, 3, 1_281_167, 25_022, "validation",
-                                50_000, "goyal", IMAGENET_NORMALIZATION, variable_size=True),
+                                50_000, "goyal", IMAGENET_NORMALIZATION, variable_size=True,
+                                encoded_jpeg=True),
 }
 FOLDER = folder.NAME
 
@@ -163,12 +164,17 @@ def _first_line(error):
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def load(name, split, data_dir="", download=False):
+def load(name, split, data_dir="", download=False, encoded=False):
     """An unbatched dataset of `{"image": uint8 [H, W, C], "label": int64}` for `split`.
 
     `digits` comes from scikit-learn, `folder` from image files; everything else from TFDS.
     Missing data raises DataError at once (never a download attempt unless `download=True`).
+    `encoded=True` (a dataset whose spec has `encoded_jpeg`, ImageNet) gives each image as its
+    JPEG's bytes, a string scalar, undecoded (TFDS `SkipDecoding`), as the EfficientNet reference
+    reads ImageNet: the preprocessing decodes only its crop window.
     """
+    if encoded and not (name in DATASETS and DATASETS[name].encoded_jpeg):
+        raise DataError(f"--dataset={name}: not stored as JPEG files bnreg reads as bytes")
     import tensorflow as tf
 
     if name == "digits":
@@ -181,17 +187,17 @@ def load(name, split, data_dir="", download=False):
     if name == FOLDER:
         return folder.load(data_dir, split)
     if name in DATASETS or "/" in name:
-        return _load_tfds(name, split, data_dir, download)
+        return _load_tfds(name, split, data_dir, download, encoded=encoded)
     dataset = spec(name, data_dir, download)
     return _load_tfds(name, split, data_dir, download, dataset.image_key, dataset.label_key)
 
 
 def _load_tfds(tfds_name, split, data_dir="", download=False, image_key="image",
-               label_key="label"):
+               label_key="label", encoded=False):
     import tensorflow_datasets as tfds
 
     data_dir = data_dir or None
-    kwargs = {}
+    kwargs = {"decoders": {image_key: tfds.decode.SkipDecoding()}} if encoded else {}
     if download and tfds_name.startswith("imagenet2012"):
         kwargs["download_and_prepare_kwargs"] = {
             "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir(data_dir))}

@@ -7,15 +7,19 @@ Augmentations:
 - `goyal`: random-resized crop (area 0.08..1, aspect 3/4..4/3) + flip; eval resize of the shorter
   side to size * 256/224 then centre crop (Goyal et al.);
 - `randaugment` and every EfficientNet run: `efficientnet.input_pipeline.preprocess` (reference
-  crop, bicubic resize, flip, RandAugment; eval centre crop);
+  crop, bicubic resize, flip, RandAugment; eval centre crop of the `eval_crop` era);
 - `none`: resize only when the resolution differs.
-The same `Preprocessing.evaluate_batch` is baked into the SavedModel export.
+`train` and `evaluate` take decoded uint8 pixels or, for data read as JPEG bytes (ImageNet from
+revision 2, `bnreg_tf.data.catalog.load(encoded=True)`), the bytes: the random crops and the
+EfficientNet eval crop then decode their window only (`decode_and_crop_jpeg`, as the reference),
+Goyal's eval decodes the whole image. The same `Preprocessing.evaluate_batch`, on decoded
+images, is baked into the SavedModel export.
 """
 import dataclasses
 
 import tensorflow as tf
 
-from efficientnet.input_pipeline import preprocess
+from efficientnet.input_pipeline import crop, image_shape, is_encoded, preprocess
 
 GOYAL_RESIZE_RATIO = 256 / 224
 
@@ -30,17 +34,19 @@ class Preprocessing:
     mean: tuple
     std: tuple
     randaugment: tuple = ()   # (num_layers, magnitude, variant) when augment == "randaugment"
+    eval_crop: str = "crop_fraction"   # the EfficientNet eval crop's era (input_pipeline)
 
     def normalize(self, image):
         image = tf.cast(image, tf.float32)
         return (image - tf.constant(self.mean, tf.float32)) / tf.constant(self.std, tf.float32)
 
     def train(self, image, seed):
-        """uint8 [H, W, C] -> float32 [S, S, C]; `seed` a [2] int64 tensor."""
+        """uint8 [H, W, C] or JPEG bytes -> float32 [S, S, C]; `seed` a [2] int64 tensor."""
         size = self.image_size
         if self.augment == "randaugment" or self.eval_kind == "efficientnet":
             augment = ("randaugment", *self.randaugment) if self.augment == "randaugment" else None
-            return preprocess(image, True, size, augment, seed)  # normalises with ImageNet's
+            return preprocess(image, True, size, augment, seed,  # normalises with ImageNet's
+                              eval_crop=self.eval_crop)
         seeds = tf.random.experimental.stateless_split(seed, 2)
         if self.augment == "goyal":
             image = _random_resized_crop(image, size, seeds[0])
@@ -55,10 +61,12 @@ class Preprocessing:
         return self.normalize(image)
 
     def evaluate(self, image):
-        """uint8 [H, W, C] -> float32 [S, S, C], deterministic."""
+        """uint8 [H, W, C] or JPEG bytes -> float32 [S, S, C], deterministic."""
         size = self.image_size
         if self.eval_kind == "efficientnet":
-            return preprocess(image, False, size)
+            return preprocess(image, False, size, eval_crop=self.eval_crop)
+        if is_encoded(image):   # Goyal's eval resizes the whole image first
+            image = tf.io.decode_jpeg(image, channels=3)
         if self.eval_kind == "goyal":
             return self.normalize(_resize_and_center_crop(image, size))
         return self.normalize(_resize_if_needed(image, size))
@@ -82,11 +90,13 @@ def _resize_if_needed(image, size):
 
 
 def _random_resized_crop(image, size, seed):
-    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+    """Goyal's crop of decoded pixels or, from JPEG bytes, of its window decoded alone."""
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        image_shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
         min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
         max_attempts=10, use_image_if_no_bounding_boxes=True)
-    image = tf.slice(image, begin, crop)
+    window = tf.stack([begin[0], begin[1], extent[0], extent[1]])
+    image = crop(image, window) if is_encoded(image) else tf.slice(image, begin, extent)
     return tf.image.resize(image, [size, size])
 
 

@@ -34,6 +34,7 @@ class DatasetSpec:
     image_key: str = "image"
     label_key: str = "label"
     class_names: tuple = ()
+    encoded_jpeg: bool = False    # stored as JPEG files, readable as bytes (catalog.load)
 
 
 def default_recipe(height, width, channels):

@@ -13,10 +13,12 @@ rank >= 2, with the norm taken over all other axes (Keras' Conv [kh, kw, C_in, C
 C_out], the norm is over k and C_in, where the reference's rule takes axis 0 only); a tensor with
 at most one axis longer than 1 (a bias, a gain vector, a scalar) is one unit.
 
-The paper clips every parameter but the final linear classifier's (section 4);
-`bnreg_tf.run.training.Classifier(agc=...)` does so on the all-reduced gradient of the global
-batch, since the clipping is not linear, and adds the weight decay's gradient after clipping,
-as the reference's `SGD_AGC` (`nfnets/optim.py`).
+The paper does not clip the final linear layer (section 4); its reference
+(`nfnets/experiment_nfnets.py`) leaves out that layer's weight only and clips its bias with the
+gains and biases. `bnreg_tf.run.training.Classifier(agc=...)` does the same (revision 1 left out
+the bias too; docs/references.md §6.8) on the all-reduced gradient of the global batch, since
+the clipping is not linear, and adds the weight decay's gradient after clipping, as the
+reference's `SGD_AGC` (`nfnets/optim.py`).
 """
 from keras import ops
 

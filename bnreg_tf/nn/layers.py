@@ -206,17 +206,19 @@ class Swish(keras.layers.Layer):
         return config
 
 
-def stochastic_depth(inputs, drop_rate, seed):
+def stochastic_depth(inputs, drop_rate, seed, scale_by_keep=True):
     """Per-sample drop of a residual branch (Huang et al. 2016; EfficientNet's drop_connect).
 
-    Each example's branch is kept with probability `1 - drop_rate` (mask [B, 1, ..., 1]) and
-    divided by that probability, so the expectation is unchanged. `seed` is anything
+    Each example's branch is kept with probability `1 - drop_rate` (mask [B, 1, ..., 1]
+    `floor(keep + uniform)`) and, with `scale_by_keep` (EfficientNet's `drop_connect`), divided
+    by that probability, so the expectation is unchanged; without it (the NF-ResNet and SkipInit
+    reference's `StochDepth`, `nfnets/base.py`) it is only masked. `seed` is anything
     `keras.random` takes (an int or a `SeedGenerator`).
     """
     keep = 1.0 - drop_rate
     shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
     mask = ops.floor(keep + keras.random.uniform(shape, seed=seed, dtype="float32"))
-    return inputs * ops.cast(mask / keep, inputs.dtype)
+    return inputs * ops.cast(mask / keep if scale_by_keep else mask, inputs.dtype)
 
 
 @_register
@@ -226,21 +228,23 @@ class StochasticDepth(keras.layers.Layer):
     Replaces tensorflow-addons' StochasticDepth, which dropped the whole batch at once.
     """
 
-    def __init__(self, drop_rate, seed=None, **kwargs):
+    def __init__(self, drop_rate, seed=None, scale_by_keep=True, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= float(drop_rate) < 1.0:
             raise ValueError(f"StochasticDepth.drop_rate must be in [0, 1), got {drop_rate!r}")
         self.drop_rate = float(drop_rate)
         self.seed = seed
+        self.scale_by_keep = bool(scale_by_keep)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=None):
         if not training or self.drop_rate == 0.0:
             return inputs
-        return stochastic_depth(inputs, self.drop_rate, self.seed_generator)
+        return stochastic_depth(inputs, self.drop_rate, self.seed_generator, self.scale_by_keep)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "drop_rate": self.drop_rate, "seed": self.seed}
+        return {**super().get_config(), "drop_rate": self.drop_rate, "seed": self.seed,
+                "scale_by_keep": self.scale_by_keep}

@@ -2,8 +2,10 @@
 
 Goyal et al. 2017 exclude BN gamma/beta and biases from weight decay; the Fixup reference trains
 its scalar biases and multipliers at a tenth of the base learning rate (docs/references.md §3.3, §4.4). The
-NF-ResNet reference excludes its weight-standardization gains and its biases from weight decay
-(`nfnets/experiment.py`), which `weight_decay_exclude="batchnorm_and_bias"` does here.
+NF-ResNet and SkipInit references exclude every parameter whose name contains "gain" (the
+weight-standardization gains, the skip gains) and the biases from weight decay
+(`nfnets/experiment.py`), which `weight_decay_exclude="batchnorm_and_bias"` does from revision 2
+(`bnreg_tf.run.training.decay_variables`; the skip gains are `fixup_scalars` here).
 """
 import keras
 

@@ -7,10 +7,13 @@ from keras.src.ops.numpy import Add as AddOp
 
 from bnreg_tf.nn import layers as bl
 from bnreg_tf.nn import nf
-from bnreg_tf.nn.graph import is_activation, nodes
+from bnreg_tf.nn.graph import NORM_TYPES, is_activation, nodes
 
-# Scalar multipliers at the end of a residual branch (see `residual_blocks`).
-BRANCH_SCALES = (bl.ScalarScale, nf.FixedScale)
+# Scalar multipliers at the end of a residual branch, and stochastic depth (the identity at
+# inference; see `residual_blocks`).
+BRANCH_SCALES = (bl.ScalarScale, nf.FixedScale, bl.StochasticDepth)
+# Layers between a block's input and its branch that belong to the block (`block_input`).
+PRE_ACTIVATION_TYPES = (*NORM_TYPES, bl.ScalarBias, bl.ScalarScale, nf.FixedScale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +45,9 @@ def residual_blocks(model):
     equally far.
 
     The branch is measured before its trailing scalar multipliers (Fixup's scale, SkipInit's and
-    NF-ResNet's zero-initialised gains, NF-ResNet's alpha): the residual branch's own output, as
-    Brock et al. 2021a plot its variance (section 2), not the product a zero gain makes 0.
+    NF-ResNet's zero-initialised gains, NF-ResNet's alpha) and stochastic depth: the residual
+    branch's own output, as Brock et al. 2021a plot its variance (section 2), not the product a
+    zero gain makes 0.
 
     The block's output is the sum, except in post-activation networks (ResNet v1, He et al.
     2016: `relu(x + f(x))`), recognised by identity skips that start at an activation of an
@@ -115,3 +119,40 @@ class _Graph:
             tensor = node.input_tensors[0]
             node = self.node_of.get(id(tensor))
         return tensor
+
+
+def block_input(model, block):
+    """The tensor `block` (a `ResidualBlock` of the flat functional `model`) starts from: its
+    skip when that is the identity; else the nearest tensor both inputs of its addition are
+    computed from, followed back through the pre-activation layers (activations, normalization,
+    Fixup's and NF-ResNet's scalars) that nothing else reads. For the first block this is the
+    stem's output, the reference's first point of a signal propagation plot
+    (`nfnets/nf_resnet.py`: `signal_metrics(out, 0)` after the stem's max pool)."""
+    if block.identity:
+        return block.skip
+    graph = _Graph(model)
+    order, node_of, readers = graph.order, graph.node_of, graph.consumers
+
+    def ancestors(tensor):
+        found, stack = {}, [tensor]
+        while stack:
+            x = stack.pop()
+            if id(x) not in found:
+                found[id(x)] = x
+                stack.extend(node_of[id(x)].input_tensors if id(x) in node_of else [])
+        return found
+
+    common = ancestors(block.skip)
+    position = {id(x): i for i, node in enumerate(order) for x in node.outputs}
+    shared = [x for key, x in ancestors(block.branch).items() if key in common]
+    tensor = max(shared, key=lambda x: position.get(id(x), -1))
+    while id(tensor) in node_of:
+        node = node_of[id(tensor)]
+        if len(node.input_tensors) != 1 or not (
+                is_activation(node.operation) or isinstance(node.operation, PRE_ACTIVATION_TYPES)):
+            break
+        source = node.input_tensors[0]
+        if len(readers.get(id(source), [])) != 1:
+            break
+        tensor = source
+    return tensor

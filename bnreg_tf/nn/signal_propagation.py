@@ -10,7 +10,7 @@ from keras.src.models.functional import Functional
 from bnreg_tf.files import write_atomically
 from bnreg_tf.nn import graph
 from bnreg_tf.nn.norm_monitor import probe_images
-from bnreg_tf.nn.residual_blocks import residual_blocks
+from bnreg_tf.nn.residual_blocks import block_input, residual_blocks
 
 SPP_FIELDS = ("depth", "name", "output", "branch", "squared_mean", "variance", "branch_variance")
 
@@ -59,8 +59,10 @@ class SignalPropagation:
     - `squared_mean`: the block output's average squared channel mean, mean_c (mean_nhw x)^2;
     - `variance`: the block output's average channel variance, mean_c var_nhw(x);
     - `branch_variance`: the same variance of the residual branch's end, the addition's input
-      that is not the skip path (after the branch's last layer: Fixup's multiplier, the last
-      BatchNorm, SkipInit's gain), before it is added.
+      that is not the skip path, measured before the branch's trailing scalar multipliers
+      (Fixup's multiplier, SkipInit's and NF-ResNet's gains, NF-ResNet's alpha) and stochastic
+      depth (`residual_blocks`): after the last convolution, or the last BatchNorm where the
+      branch ends with one.
     The block output is the sum; in a post-activation block (ResNet v1: `relu(x + f(x))`) the
     activation after it, which the next block receives. Variances are population variances
     (divided by the count), as BatchNorm's.
@@ -77,12 +79,15 @@ class SignalPropagation:
     `measure()` makes one call of one sub-model (every block's output and branch at once) and
     returns a list of dicts, one per block, with the keys `SPP_FIELDS`: `depth`, `name` (the
     addition layer), `output` and `branch` (the layers whose outputs were measured) and the
-    three statistics as Python floats (computed in float64 with NumPy). `as_rows()` and
+    three statistics as Python floats (computed in float64 with NumPy). With `stem=True` the
+    first row is the stem's output, the first block's input (`residual_blocks.block_input`), as
+    the reference records it first (`nfnets/nf_resnet.py`): depth 0, name "stem", no branch
+    (`branch` "", `branch_variance` NaN). `as_rows()` and
     `to_csv(path)` give the same as table rows. The model must be a functional (or
     Sequential) Keras model with one input.
     """
 
-    def __init__(self, model, probe_data, max_examples=None, batch_statistics=True):
+    def __init__(self, model, probe_data, max_examples=None, batch_statistics=True, stem=False):
         if not isinstance(model, (keras.Sequential, Functional)):
             raise ValueError(f"SignalPropagation: {model.name!r} is a subclassed "
                              f"{type(model).__name__}, whose layer graph Keras does not record; "
@@ -98,6 +103,9 @@ class SignalPropagation:
         self.probe = probe_images(probe_data, max_examples)
         self.batch_statistics = batch_statistics
         tensors = [t for block in self.blocks for t in (block.output, block.branch)]
+        self.stem = block_input(flat, self.blocks[0]) if stem else None
+        if stem:
+            tensors.append(self.stem)
         self._probe_model = keras.Model(flat.inputs, tensors, name=f"{flat.name}_spp")
         self.values = None
 
@@ -114,6 +122,12 @@ class SignalPropagation:
         probe = keras.ops.convert_to_tensor(self.probe, dtype=self._probe_model.inputs[0].dtype)
         outputs = self._probe_model._run_through_graph(probe, call_fn=self._call)
         self.values = []
+        if self.stem is not None:
+            squared_mean, variance = _channel_statistics(outputs[-1])
+            self.values.append({
+                "depth": 0, "name": "stem", "output": graph.producer(self.stem).name,
+                "branch": "", "squared_mean": squared_mean, "variance": variance,
+                "branch_variance": float("nan")})
         for depth, block in enumerate(self.blocks, start=1):
             squared_mean, variance = _channel_statistics(outputs[2 * depth - 2])
             _, branch_variance = _channel_statistics(outputs[2 * depth - 1])

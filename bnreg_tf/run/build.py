@@ -74,7 +74,8 @@ def _build_objects(config, strategy, spec, image_size, steps_per_epoch, train_ex
         network = build_network(config, spec, image_size)
         trainer = Classifier(network, spec.num_classes, config.label_smoothing,
                              config.weight_decay, config.weight_decay_exclude,
-                             config.fixup_scalar_lr, agc=config.agc)
+                             config.fixup_scalar_lr, agc=config.agc,
+                             revision=config.model_revision)
         optimizer = make_optimizer(config, steps_per_epoch, train_examples)
         if isinstance(optimizer, ReferenceRMSprop) and optimizer.average_decay:
             optimizer.track_average(average_sources(network))

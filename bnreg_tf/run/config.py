@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 
+from bnreg_tf.nn import revisions
 from bnreg_tf.nn.penalty_table import PENALTIES
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -22,6 +23,14 @@ WEIGHT_DECAY_EXCLUDE = ("none", "batchnorm", "batchnorm_and_bias")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 ACTIVATIONS = ("relu", "swish")
 RANDAUGMENT_VARIANTS = ("reference", "corrected")  # efficientnet.augment_ops.VARIANTS
+EVAL_CROPS = ("crop_fraction", "crop_padding")  # efficientnet.input_pipeline.EVAL_CROPS
+SKIP_GAIN_NORMS = ("skipinit", "nf_resnet")
+# What a config.json written before a field existed implies, where it is not the field's
+# default: what that run computed. Without `revision` it is revision 1 (`bnreg_tf.nn.revisions`).
+LEGACY_VALUES = {"revision": 1}
+# The survival_prob every run had by default before `revision` existed (ResNets ignored it; it
+# was EfficientNet's reference value): such a config.json reads it as today's default, -1.
+LEGACY_SURVIVAL_PROB = 0.8
 
 
 class ConfigError(ValueError):
@@ -55,8 +64,18 @@ class RunConfig(_PenaltyFields):
                        "standardization, x + 0.2 f(x / beta))", "model")
     activation: str = _field("relu", "Activation [choice]: relu or swish (ResNet/WRN; "
                              "EfficientNet is always swish)", "model")
-    survival_prob: float = _field(0.8, "EfficientNet drop-connect keep probability of the last "
-                                  "block [probability]", "model")
+    survival_prob: float = _field(-1.0, "Stochastic depth: keep probability of the last "
+                                  "residual block [probability] (block i of n keeps 1 - (1 - p) "
+                                  "i / n); -1 = the model's reference: 0.8 for EfficientNet "
+                                  "(drop-connect), none for ResNets/WRNs (the NF-ResNet "
+                                  "reference's rate 0.1 is 0.9)", "model")
+    skipinit_gain: float = _field(0.0, "Initial value of the skip gains of --norm=skipinit or "
+                                  "nf_resnet [scalar] (the reference's 0: every block starts as "
+                                  "the identity)", "model")
+    revision: int = _field(0, "What bnreg computes [revision]: 2 = issue 25's reference-exact "
+                           "normalizer-free models, AGC and weight-decay sets, ImageNet from "
+                           "JPEG bytes; 1 = before; 0 = the newest for a new run, the run dir's "
+                           "own when it resumes (bnreg_tf/nn/revisions.py)", "model")
     init_from: str = _field("", "Start from the network weights of another run's latest "
                             "checkpoint [path: its --model_dir] (fresh optimizer; '' = random "
                             "init)", "model")
@@ -96,6 +115,10 @@ class RunConfig(_PenaltyFields):
         "reference", "RandAugment arithmetic [choice]: reference (the EfficientNet TPU code's: "
         "uint8 wrap of Solarize/Posterize, pixel-count Contrast) or corrected (PIL's definitions, "
         "saturating levels)", "data")
+    eval_crop: str = _field(
+        "crop_fraction", "EfficientNet eval centre crop [choice]: crop_fraction (0.875 of the "
+        "shorter side at every size, the reference since Nov. 2021) or crop_padding (size / "
+        "(size + 32), the reference code of the paper's time: 0.955 at 672 px)", "data")
     # Optimisation
     optimizer: str = _field("sgd", "Optimizer [choice]: sgd (momentum) or rmsprop_reference "
                             "(EfficientNet TF1 RMSProp)", "optimisation")
@@ -105,8 +128,8 @@ class RunConfig(_PenaltyFields):
                                      "[images] (linear scaling)", "optimisation")
     schedule: str = _field("cosine", "LR schedule [choice]: constant, cosine, goyal or "
                            "efficientnet", "optimisation")
-    warmup_epochs: float = _field(0.0, "Linear warm-up [epochs] (goyal, efficientnet)",
-                                  "optimisation")
+    warmup_epochs: float = _field(0.0, "Linear warm-up [epochs] (goyal, efficientnet; cosine "
+                                  "from revision 2)", "optimisation")
     decay_epochs: str = _field("30,60,80", "goyal: x0.1 steps at these [epochs]; efficientnet: "
                                "the decay period [epochs], e.g. 2.4", "optimisation")
     decay_rate: float = _field(0.1, "LR multiplier at each decay [factor] (goyal 0.1, "
@@ -167,7 +190,9 @@ class RunConfig(_PenaltyFields):
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"config.json has unknown fields {unknown}")
-        return cls(**values)
+        if "revision" not in values and values.get("survival_prob") == LEGACY_SURVIVAL_PROB:
+            values["survival_prob"] = -1.0   # the same computation (`LEGACY_SURVIVAL_PROB`)
+        return cls(**{**LEGACY_VALUES, **values})
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -175,6 +200,11 @@ class RunConfig(_PenaltyFields):
     @property
     def decay_boundaries(self):
         return [float(v) for v in self.decay_epochs.split(",") if v.strip()]
+
+    @property
+    def model_revision(self):
+        """The revision the run computes (`revision`, 0 read as the newest)."""
+        return self.revision or revisions.LATEST
 
     @property
     def penalties(self):
@@ -199,12 +229,16 @@ def _check_choices(config):
                           ("augment", AUGMENTATIONS), ("strategy", STRATEGIES),
                           ("activation", ACTIVATIONS),
                           ("randaugment_variant", RANDAUGMENT_VARIANTS),
+                          ("eval_crop", EVAL_CROPS),
                           ("weight_decay_exclude", WEIGHT_DECAY_EXCLUDE)):
         _require(getattr(config, name) in choices, name, f"one of {', '.join(choices)}",
                  getattr(config, name))
     for name in ("model", "norm", "dataset"):
         _require(isinstance(getattr(config, name), str) and getattr(config, name), name,
                  f"a {name} name", getattr(config, name))
+    _require(config.revision in (0, *revisions.REVISIONS), "revision",
+             f"0 (the newest) or one of {', '.join(map(str, revisions.REVISIONS))}",
+             config.revision)
 
 
 def _check_numbers(config):
@@ -214,8 +248,10 @@ def _check_numbers(config):
         _finite_nonnegative(config, name)
     _require(config.dropout == -1 or 0 <= config.dropout < 1, "dropout", "a rate in [0, 1) or -1",
              config.dropout)
-    _require(0 < config.survival_prob <= 1, "survival_prob", "a probability in (0, 1]",
-             config.survival_prob)
+    _require(config.survival_prob == -1 or 0 < config.survival_prob <= 1, "survival_prob",
+             "a probability in (0, 1] or -1", config.survival_prob)
+    _require(math.isfinite(config.skipinit_gain), "skipinit_gain", "a finite number",
+             config.skipinit_gain)
     _require(config.learning_rate > 0, "learning_rate", "a number > 0", config.learning_rate)
     for name in ("label_smoothing", "momentum", "ema_decay"):
         _require(getattr(config, name) < 1, name, "a value in [0, 1)", getattr(config, name))
@@ -258,6 +294,8 @@ def _check_combinations(config):
         _require(not getattr(config, row.name) or not row.norms or config.norm in row.norms,
                  row.name, f"0 unless --norm={' or --norm='.join(row.norms)}",
                  getattr(config, row.name))
+    _require(not config.skipinit_gain or config.norm in SKIP_GAIN_NORMS, "skipinit_gain",
+             f"0 unless --norm={' or --norm='.join(SKIP_GAIN_NORMS)}", config.skipinit_gain)
     _require(not config.early_stopping or config.holdout, "early_stopping",
              "--holdout too (the best epoch is chosen on the holdout, never on the test split)",
              config.early_stopping)

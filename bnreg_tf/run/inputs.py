@@ -6,6 +6,8 @@ The preprocessing follows the model and the data: EfficientNet on colour data, a
 (docs/references.md §5.11); everything else, EfficientNet on grey images included, the
 dataset's own augmentation and statistics: the paper's datasets' published values, any other
 dataset's computed once from its training split and kept in `<model_dir>/normalization.json`.
+From revision 2, ImageNet is read as JPEG bytes and each crop decodes its window alone, as the
+reference (`reads_jpeg_bytes`; `bnreg_tf.data.preprocessing`); other data is read decoded.
 """
 import json
 import os
@@ -26,9 +28,19 @@ def plan(config):
                         config.holdout_examples, config.holdout_fraction)
 
 
+def reads_jpeg_bytes(config):
+    """Whether the run reads its images as JPEG bytes: data stored as JPEG files (ImageNet,
+    `DatasetSpec.encoded_jpeg`), from revision 2 (`bnreg_tf.nn.revisions`)."""
+    if config.model_revision < 2 or config.dataset not in catalog.DATASETS:
+        return False
+    return catalog.DATASETS[config.dataset].encoded_jpeg
+
+
 def load(config, split):
-    """The unbatched `{"image", "label"}` examples of `split` of the run's dataset."""
-    return catalog.load(config.dataset, split, config.data_dir, config.download)
+    """The unbatched `{"image", "label"}` examples of `split` of the run's dataset (the images as
+    JPEG bytes where `reads_jpeg_bytes`)."""
+    return catalog.load(config.dataset, split, config.data_dir, config.download,
+                        encoded=reads_jpeg_bytes(config))
 
 
 def preprocessing_for(config, image_size, spec=None, splits=None):
@@ -47,7 +59,7 @@ def preprocessing_for(config, image_size, spec=None, splits=None):
         mean, std = spec.normalization or normalization_stats(config, spec, splits.train)
     return Preprocessing(augment, eval_kind, image_size, tuple(mean), tuple(std),
                          (config.randaugment_layers, config.randaugment_magnitude,
-                          config.randaugment_variant))
+                          config.randaugment_variant), config.eval_crop)
 
 
 def normalization_stats(config, spec, train_split):

@@ -12,13 +12,16 @@ import efficientnet
 import resnet
 from bnreg_tf.run.config import ConfigError
 
+EFFICIENTNET_SURVIVAL_PROB = 0.8   # the reference's drop-connect (docs/references.md §5.4)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     """One model: its `family` ("resnet" or "efficientnet"), the norm modes it can be built in,
     its builder (keyword arguments `num_classes`, `input_shape`, `norm`, `activation`,
-    `dropout`, `survival_prob`, `seed` and the penalties' coefficients by name) and its native
-    resolution on ImageNet-like data (None: the data's)."""
+    `dropout`, `survival_prob` (-1: the family's reference), `skipinit_gain`, `revision`, `seed`
+    and the penalties' coefficients by name) and its native resolution on ImageNet-like data
+    (None: the data's)."""
 
     name: str
     family: str
@@ -28,17 +31,20 @@ class ModelEntry:
 
 
 def _efficientnet_builder(variant):
-    def build(*, norm="batchnorm", activation="swish", dropout=-1, **kwargs):
-        del norm, activation   # always BatchNorm and swish (checked: `norms`)
+    def build(*, norm="batchnorm", activation="swish", dropout=-1, survival_prob=-1,
+              skipinit_gain=0.0, revision=None, **kwargs):
+        del norm, activation, skipinit_gain, revision   # BatchNorm and swish (`norms`)
+        survival_prob = EFFICIENTNET_SURVIVAL_PROB if survival_prob == -1 else survival_prob
         return efficientnet.build_model(variant, dropout=None if dropout == -1 else dropout,
-                                        **kwargs)
+                                        survival_prob=survival_prob, **kwargs)
     return build
 
 
 def _resnet_builder(builder):
-    def build(*, survival_prob=None, **kwargs):
-        del survival_prob   # EfficientNet's drop-connect
-        return builder(**kwargs)
+    def build(*, survival_prob=-1, revision=resnet.LATEST_REVISION, **kwargs):
+        # No stochastic depth by default; revision 1 ignored --survival_prob (EfficientNet's).
+        keep = 1.0 if survival_prob == -1 or revision < 2 else survival_prob
+        return builder(survival_prob=keep, revision=revision, **kwargs)
     return build
 
 
@@ -99,8 +105,9 @@ def native_image_size(config, dataset_spec):
 def build(name, *, num_classes, input_shape=None, **kwargs):
     """The model `name` of the table (`resnet50`, `wrn28_10`, `efficientnet_b0`, ...), built with
     the family builder's keyword arguments (`norm`, `activation`, `dropout`, `survival_prob`,
-    `seed`, penalties by name such as `embedding_l2=0.1`); `input_shape` defaults to the
-    family's (WRN 32x32x3, ResNet 224x224x3, EfficientNet its resolution)."""
+    `skipinit_gain`, `revision`, `seed`, penalties by name such as `embedding_l2=0.1`);
+    `input_shape` defaults to the family's (WRN 32x32x3, ResNet 224x224x3, EfficientNet its
+    resolution)."""
     if input_shape is not None:
         kwargs["input_shape"] = input_shape
     return model_entry(name).build(num_classes=num_classes, **kwargs)
@@ -112,4 +119,5 @@ def build_network(config, dataset_spec, image_size):
     return build(config.model, num_classes=dataset_spec.num_classes,
                  input_shape=(image_size, image_size, dataset_spec.channels), norm=config.norm,
                  activation=config.activation, dropout=config.dropout,
-                 survival_prob=config.survival_prob, seed=config.seed, **config.penalties)
+                 survival_prob=config.survival_prob, skipinit_gain=config.skipinit_gain,
+                 revision=config.model_revision, seed=config.seed, **config.penalties)

@@ -62,12 +62,35 @@ def resnet50_imagenet():
                      augment="goyal", precision="float32", eval_batch_size=500)
 
 
-def _efficientnet_imagenet(variant, randaugment_magnitude):
+def nf_resnet50_imagenet():
+    """NF-ResNet-50 on ImageNet as google-deepmind/deepmind-research `nfnets/experiment.py` trains
+    its ResNets (docs/references.md §6): 90 epochs, batch 1024, LR 0.1 x batch / 256 with 5
+    warm-up epochs then cosine to 0, SGD with Nesterov momentum 0.9, weight decay 1e-4 except on
+    gains and biases, label smoothing 0.1, no Dropout, and the reference's stochastic depth
+    (`stochdepth_rate=0.1`: `--survival_prob=0.9`). `--norm=skipinit` is the reference's SkipInit
+    ResNet-50 (`nfnets/skipinit_resnet.py`, the same defaults). Data: bnreg's Goyal crop (the
+    reference crops as EfficientNet does and resizes with TF2's bicubic; assumed close enough).
+
+    `python run_imagenet.py --preset=nf_resnet50_imagenet --data_dir=$TFDS --model_dir=runs/nf50
+    [--embedding_l2=...]`. Brock et al. 2021a: NF-ResNet-50 roughly matches BatchNorm ResNet-50
+    (§6.9). Cost: 90 epochs of 1,251 steps; not measured here.
+    """
+    return RunConfig(model="resnet50", norm="nf_resnet", dataset="imagenet2012", epochs=90,
+                     batch_size=1024, learning_rate=0.1, lr_reference_batch=256,
+                     schedule="cosine", warmup_epochs=5, momentum=0.9, nesterov=True,
+                     weight_decay=1e-4, weight_decay_exclude="batchnorm_and_bias",
+                     label_smoothing=0.1, survival_prob=0.9, augment="goyal",
+                     precision="float32", eval_batch_size=500)
+
+
+def _efficientnet_imagenet(variant, randaugment_magnitude, eval_crop):
     """The TPU reference recipe (docs/references.md §5): batch 2048, 350 epochs, RMSProp (0.9,
     0.9, 1e-3), LR 0.016 x batch / 256, 5 warm-up epochs, x0.97 every 2.4 epochs, EMA 0.9999,
     label smoothing 0.1, weight decay 1e-5 on non-BN variables, the variant's reference
     Dropout, drop-connect 0.2, and early stopping on the paper's 25,022 held-out images
-    (`bnreg_tf.run.early_stopping`); RandAugment with the reference's own arithmetic."""
+    (`bnreg_tf.run.early_stopping`); RandAugment with the reference's own arithmetic; ImageNet
+    read as JPEG bytes, each crop decoding its window (§5.11). `eval_crop`: the eval crop's era
+    (`efficientnet.input_pipeline`)."""
     return RunConfig(
         model=f"efficientnet_{variant}", dataset="imagenet2012", holdout=True, epochs=350,
         batch_size=2048, optimizer="rmsprop_reference", learning_rate=0.016,
@@ -76,7 +99,7 @@ def _efficientnet_imagenet(variant, randaugment_magnitude):
         label_smoothing=0.1, ema_decay=0.9999, dropout=-1, survival_prob=0.8,
         augment="randaugment", randaugment_layers=2,
         randaugment_magnitude=randaugment_magnitude, randaugment_variant="reference",
-        eval_batch_size=1024, early_stopping=True)
+        eval_crop=eval_crop, eval_batch_size=1024, early_stopping=True)
 
 
 def efficientnet_b8_imagenet():
@@ -87,8 +110,12 @@ def efficientnet_b8_imagenet():
     --data_dir=$TFDS --model_dir=runs/b8 --dropout=0 --embedding_l2=...`. The paper: EL2/FL2
     about 0.9 points above the model without Dropout, on a par with Dropout (§3.7). Cost: 350
     epochs of 613 steps at 672 px on a TPU pod; not measured here.
+
+    Eval crop: `crop_padding`, the reference code of the paper's time (`CROP_PADDING = 32` until
+    Nov. 2021: 672 / 704 = 0.955 of the shorter side at 672 px), the crop the paper's B8 was
+    evaluated with; today's reference crops 0.875 (`crop_fraction`).
     """
-    return _efficientnet_imagenet("b8", randaugment_magnitude=28)
+    return _efficientnet_imagenet("b8", randaugment_magnitude=28, eval_crop="crop_padding")
 
 
 def efficientnet_b0_imagenet():
@@ -97,12 +124,17 @@ def efficientnet_b0_imagenet():
 
     `python run_imagenet.py --preset=efficientnet_b0_imagenet --data_dir=$TFDS
     --model_dir=runs/b0`. Cost: 350 epochs of 613 steps at 224 px; not measured here.
+
+    Eval crop: `crop_fraction` (today's reference, 0.875); at 224 px both eras crop 224 / 256,
+    the same window, and runs made before the choice existed (which cropped so) resume as they
+    were.
     """
-    return _efficientnet_imagenet("b0", randaugment_magnitude=10)
+    return _efficientnet_imagenet("b0", randaugment_magnitude=10, eval_crop="crop_fraction")
 
 
 PRESETS = {f.__name__: f() for f in (digits, wrn28_10_cifar10, wrn28_10_svhn, resnet50_imagenet,
-                                      efficientnet_b8_imagenet, efficientnet_b0_imagenet)}
+                                      nf_resnet50_imagenet, efficientnet_b8_imagenet,
+                                      efficientnet_b0_imagenet)}
 
 
 def preset(name):

@@ -132,7 +132,8 @@ def summary(run, config_path):
     norm = "mean " + "/".join(f"{m:.1f}" for m in run.preprocessing.mean) + ", std " + \
         "/".join(f"{s:.1f}" for s in run.preprocessing.std)
     lines = [
-        f"bnreg: {config.model}, norm {config.norm}, on {data}",
+        f"bnreg: {config.model}, norm {config.norm} (revision {config.model_revision}), on "
+        f"{data}",
         f"  input: augment {run.preprocessing.augment}, normalisation {norm}",
         f"  penalties: {', '.join(penalties) or 'none'}",
         f"  training: batch {config.batch_size}, {config.epochs} epochs x {run.steps_per_epoch} "

@@ -6,6 +6,8 @@
   deleted (deleting a lock file races with a process about to lock it); releasing empties it.
 - `check_model_dir`: the dir can be written, holds nothing foreign, and its `config.json` (the
   run's identity) equals the config asked, except for the fields that say where and how it runs.
+- `resolve_revision`: `--revision=0` (the default) is the run dir's own revision when it holds
+  a run, the newest for a new one (`bnreg_tf.nn.revisions`): old runs resume as they computed.
 - `remove_leftovers`: what a kill or a full disk left half-written (`bnreg_tf.files.write_atomically`
   writes every file so that nothing else can be).
 """
@@ -18,6 +20,7 @@ import shutil
 import socket
 import time
 
+from bnreg_tf.nn import revisions
 from bnreg_tf.run import layout
 from bnreg_tf.run.config import ConfigError, RunConfig
 
@@ -155,10 +158,20 @@ def read_config(model_dir):
                           "--model_dir") from None
 
 
+def resolve_revision(config):
+    """`config` with `revision` 0 replaced: the revision of the run `config.model_dir` holds
+    (1 for a config.json written before the field existed), else the newest."""
+    if config.revision:
+        return config
+    previous = read_config(config.model_dir) if config.model_dir else None
+    return config.replace(revision=previous.revision if previous else revisions.LATEST)
+
+
 def first_difference(previous, config):
-    """(field, old, new) of the first field that makes `config` a different run, or None."""
+    """(field, old, new) of the first field that makes `config` a different run, or None.
+    `revision` 0 asks for the run's own revision, whatever it is (`resolve_revision`)."""
     for field in dataclasses.fields(RunConfig):
-        if field.name in RESUMABLE_FIELDS:
+        if field.name in RESUMABLE_FIELDS or (field.name == "revision" and not config.revision):
             continue
         old, new = getattr(previous, field.name), getattr(config, field.name)
         if old != new:

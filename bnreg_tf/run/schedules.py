@@ -1,6 +1,8 @@
 """Learning-rate schedules of the paper's recipes (docs/references.md §3 and §5).
 
 - `cosine` (WRN): `keras.optimizers.schedules.CosineDecay` from the peak to 0 over the run;
+  with `--warmup_epochs` (revision 2) first a linear warm-up from 0, then the cosine over the
+  remaining steps: the NFNets reference's `WarmupCosineDecay` (`nfnets/optim.py`);
 - `goyal` (ResNet-50, Goyal et al.): linear warm-up from 0, then x`decay_rate` at each boundary;
 - `efficientnet`: `efficientnet.optim.WarmupExponentialDecay`, whose epochs are counted in
   examples as the reference counts them: `train examples / batch_size` steps, a fraction,
@@ -51,6 +53,11 @@ def make_schedule(config, steps_per_epoch, train_examples=None):
     if config.schedule == "constant":
         return peak
     if config.schedule == "cosine":
+        warmup = round(config.warmup_epochs * steps_per_epoch) if config.model_revision >= 2 \
+            else 0   # revision 1 had no warm-up here
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, total - warmup, warmup_target=peak, warmup_steps=warmup)
         return keras.optimizers.schedules.CosineDecay(peak, total)
     if config.schedule == "goyal":
         return WarmupPiecewise(peak, round(config.warmup_epochs * steps_per_epoch),

@@ -22,7 +22,7 @@ from bnreg_tf.run.export import export_saved_model
 from bnreg_tf.run.inputs import eval_dataset
 from bnreg_tf.run.preflight import preflight
 from bnreg_tf.run.results import dataset_record, evaluate_split, split_results
-from bnreg_tf.run.rundir import RunLock, check_model_dir, remove_leftovers
+from bnreg_tf.run.rundir import RunLock, check_model_dir, remove_leftovers, resolve_revision
 from bnreg_tf.run.strategies import is_chief
 
 
@@ -59,7 +59,9 @@ def train(config, strategy, log=print, verbose=None):
     a terminal, progress lines otherwise, nothing when BNREG_QUIET is set; 0 = silent.
     Raises ConfigError (bad flags, data or model dir), RunDirBusy (another process holds the
     model dir), NonFiniteLoss, or preemption.Preempted (SIGTERM/SIGINT: a checkpoint was saved).
+    `--revision=0` becomes the run dir's revision, or the newest for a new run (`rundir`).
     """
+    config = resolve_revision(config)
     plan = preflight(config, strategy)
     with _writer(config, strategy, log), preemption.stop_signals(strategy):
         return _train(config, strategy, log, verbose, plan)
@@ -196,6 +198,7 @@ def finish(run, monitor, log=print):
 
 def export_from_checkpoint(config, strategy, log=print):
     """Exports the latest checkpoint of `config`'s model dir (averaged weights where kept)."""
+    config = resolve_revision(config)
     plan = preflight(config, strategy)
     if not os.path.isdir(os.path.join(config.model_dir, layout.CHECKPOINTS)):
         raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")

@@ -7,7 +7,7 @@
 - the Fixup reference's reduced learning rate for scalar biases/multipliers, as a gradient
   multiplier (exactly a per-group learning rate for SGD, whose update is linear in the gradient);
 - optionally adaptive gradient clipping (`agc` > 0; NFNets, `bnreg_tf.nn.agc`) of every variable
-  but the classifier's;
+  but the classifier's kernel (revision 1: but the classifier's kernel and bias);
 and reports loss, cross_entropy, accuracy and each penalty's raw value. The summed loss is
 divided by the number of replicas before differentiation, as Keras' own step does, so gradients
 all-reduced by the optimizer are those of the global batch. AGC is not linear in the gradient,
@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from bnreg_tf.nn import agc as agc_lib
+from bnreg_tf.nn import revisions
 from bnreg_tf.nn import layers as bl
 from bnreg_tf.nn import graph as mg
 from bnreg_tf.nn.param_groups import param_groups
@@ -65,11 +66,32 @@ def classifier_variables(network):
     return list(node.operation.trainable_variables)
 
 
+def agc_exempt(network, revision=revisions.LATEST):
+    """The variables AGC leaves alone: the classifier's kernel, as the NFNets reference
+    (`nfnets/experiment_nfnets.py`: its "linear" module's `w`; the bias is clipped with the
+    gains and biases); revision 1: the classifier's kernel and bias."""
+    variables = classifier_variables(network)
+    return variables if revision < 2 else [v for v in variables if v.path.endswith("kernel")]
+
+
+def decay_variables(network, exclude="none", revision=revisions.LATEST):
+    """The variables weight decay acts on: all trainable ones but the excluded groups of
+    `param_groups` (`batchnorm`; `batchnorm_and_bias`: and biases, and from revision 2 every
+    variable whose name contains "gain", as `nfnets/experiment.py` exempts them)."""
+    groups = param_groups(network)
+    excluded = {"none": (), "batchnorm": ("batchnorm",),
+                "batchnorm_and_bias": ("batchnorm", "biases")}[exclude]
+    gains = exclude == "batchnorm_and_bias" and revision >= 2
+    return [v for name, members in groups.items() if name not in excluded for v in members
+            if not (gains and "gain" in v.path)]
+
+
 class Classifier(keras.Model):
     """`network` plus the recipe's loss; `call` returns the network's output dict."""
 
     def __init__(self, network, num_classes, label_smoothing=0.0, weight_decay=0.0,
-                 weight_decay_exclude="none", fixup_scalar_lr=1.0, agc=0.0, **kwargs):
+                 weight_decay_exclude="none", fixup_scalar_lr=1.0, agc=0.0,
+                 revision=revisions.LATEST, **kwargs):
         super().__init__(name=kwargs.pop("name", "trainer"), **kwargs)
         self.network = network
         self.num_classes = int(num_classes)
@@ -77,13 +99,10 @@ class Classifier(keras.Model):
         self.weight_decay = float(weight_decay)
         self.fixup_scalar_lr = float(fixup_scalar_lr)
         self.agc = bl.check_coefficient(agc, "agc")
-        self._agc_exempt = {id(v) for v in classifier_variables(network)} if self.agc else set()
-        groups = param_groups(network)
-        excluded = {"none": (), "batchnorm": ("batchnorm",),
-                    "batchnorm_and_bias": ("batchnorm", "biases")}[weight_decay_exclude]
-        self.decay_variables = [v for name, members in groups.items() if name not in excluded
-                                for v in members]
-        self._scalar_ids = {id(v) for v in groups["fixup_scalars"]}
+        revision = revisions.check(revision)
+        self._agc_exempt = {id(v) for v in agc_exempt(network, revision)} if self.agc else set()
+        self.decay_variables = decay_variables(network, weight_decay_exclude, revision)
+        self._scalar_ids = {id(v) for v in param_groups(network)["fixup_scalars"]}
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.cross_entropy_tracker = keras.metrics.Mean(name="cross_entropy")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")

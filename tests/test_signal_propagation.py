@@ -2,6 +2,7 @@
 discovery on bnreg's WRN and ResNet v1, the report's figure and CSV, and the study's hook."""
 import csv
 import json
+import math
 import os
 
 import keras
@@ -210,15 +211,17 @@ def test_study_measures_once_per_norm_mode_and_reuses_the_file(tmp_path, monkeyp
     assert list(stored["modes"]) == ["batchnorm", "fixup", "fixup_standardize"]
     for mode, inputs in stored["modes"].items():
         assert list(inputs) == ["gaussian", "data"]
-        for rows in inputs.values():
-            assert [r["name"] for r in rows] == [f"group{g}_block0_add" for g in (1, 2, 3)]
+        for rows in inputs.values():   # the stem's output first (depth 0), then every block
+            assert [r["name"] for r in rows] == ["stem"] + [f"group{g}_block0_add"
+                                                            for g in (1, 2, 3)]
+            assert rows[0]["depth"] == 0 and math.isnan(rows[0]["branch_variance"])
             zero = mode == "fixup"   # fixup_standardize's last layer is He / sqrt(L), not 0
-            assert all((r["branch_variance"] == 0) == zero for r in rows)
+            assert all((r["branch_variance"] == 0) == zero for r in rows[1:])
     report.write_report(records, out, "# test", grid)
     text = open(os.path.join(out, "report.md")).read()
     assert f"![{spp_figure.SPP_TITLE}](signal_propagation.png)" in text
     with open(os.path.join(out, "signal_propagation.csv")) as f:
-        assert len(list(csv.DictReader(f))) == 3 * 2 * 3   # modes x inputs x blocks
+        assert len(list(csv.DictReader(f))) == 3 * 2 * 4   # modes x inputs x (stem + blocks)
 
     calls = []
     measure = signal._measure_signal_propagation

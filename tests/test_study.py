@@ -93,6 +93,11 @@ def test_beyond_study_runs_the_normalizer_free_lineage_end_to_end(tmp_path):
     assert configs["nf_resnet_agc_c0.32_s0"]["norm"] == "nf_resnet"
     assert configs["nf_resnet_el2_c0.05_s0"]["agc"] == 0.0   # each variant: its own mechanism
     assert configs["skipinit_el2_c0.05_s0"]["embedding_l2"] == 0.05
+    # The normalizer-free variants train with the reference's stochastic depth (keep 0.9).
+    assert {name: c["survival_prob"] for name, c in configs.items()
+            if name.startswith(("skipinit", "nf_resnet"))} == dict.fromkeys(
+        [n for n in configs if n.startswith(("skipinit", "nf_resnet"))], 0.9)
+    assert configs["batchnorm_s0"]["survival_prob"] == -1.0
     text = open(os.path.join(out, "report.md")).read()
     for row in ("| skipinit | – | 1 |", "| skipinit_el2 | 0.05 | 1 |", "| nf_resnet | – | 1 |",
                 "| nf_resnet_agc | 0.32 | 1 |", "| nf_resnet_agc | 1 | 1 |",
@@ -104,6 +109,11 @@ def test_beyond_study_runs_the_normalizer_free_lineage_end_to_end(tmp_path):
     with open(os.path.join(out, "signal_propagation.json")) as f:
         modes = json.load(f)["modes"]
     assert {"batchnorm", "fixup", "skipinit", "nf_resnet"} <= set(modes)
+    # The skip gains measured at 1: NF-ResNet's stream grows by about alpha^2 = 0.04 a block
+    # within a stage (reset at the projection blocks), SkipInit's branches add to its stream.
+    nf = modes["nf_resnet"]["gaussian"]
+    assert [r["depth"] for r in nf] == [0, 1, 2, 3] and nf[0]["name"] == "stem"
+    assert all(r["branch_variance"] > 0 for r in nf[1:])
 
 
 def test_report_only_over_another_grids_runs_is_refused_and_writes_nothing(tmp_path):

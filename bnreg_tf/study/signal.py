@@ -9,7 +9,9 @@ import keras
 
 from bnreg_tf.files import write_atomically
 from bnreg_tf.run import inputs, layout, preemption
+from bnreg_tf.nn.penalty_table import PENALTIES
 from bnreg_tf.nn.signal_propagation import SignalPropagation, gaussian_probe
+from bnreg_tf.run.config import SKIP_GAIN_NORMS
 from bnreg_tf.run.models import build_network, model_entry, native_image_size
 from bnreg_tf.study.variants import VARIANTS
 
@@ -26,11 +28,18 @@ def study_norm_modes(study):
                               for v in study.variants))
 
 
+# The skip gains' value when the normalizer-free modes are measured: at their init (0) every
+# block is the identity and the plot is flat; at 1 the alpha^2 growth of the stream shows, as
+# the reference's `skipinit_gain` lets one see (Brock et al. 2021a, Figure 2; issue 25).
+SKIP_GAIN = 1.0
+
+
 def _signal_propagation_key(study):
     base = study.base
     return {"model": base.model, "dataset": base.dataset, "data_dir": base.data_dir,
             "image_size": base.image_size, "activation": base.activation,
-            "seed": study.seeds[0], "examples": SIGNAL_PROPAGATION_EXAMPLES}
+            "seed": study.seeds[0], "examples": SIGNAL_PROPAGATION_EXAMPLES,
+            "revision": base.model_revision, "stem": True, "skip_gain": SKIP_GAIN}
 
 
 def _stored_modes(study):
@@ -54,10 +63,10 @@ def read_signal_propagation(study):
 def _measure_signal_propagation(study, modes):
     """`{mode: {"gaussian": rows, "data": rows}}` for `modes`, built as the runs build their
     network (the study's first seed) and probed with the paper's N(0, 1) batch and with the
-    same number of the study's evaluation images (`SignalPropagation`)."""
-
-    config = study.base.replace(seed=study.seeds[0], model_dir="", standardization_kl=0.0,
-                                embedding_l2=0.0, functional_l2=0.0, dropout=0.0)
+    same number of the study's evaluation images (`SignalPropagation`), the stem's output first
+    (depth 0); the normalizer-free modes with their skip gains at `SKIP_GAIN`."""
+    config = study.base.replace(seed=study.seeds[0], model_dir="", dropout=0.0,
+                                **{name: 0.0 for name in PENALTIES})
     spec, splits = inputs.plan(config)
     image_size = native_image_size(config, spec)
     preprocessing = inputs.preprocessing_for(config, image_size, spec, splits)
@@ -68,8 +77,9 @@ def _measure_signal_propagation(study, modes):
     measured = {}
     for mode in modes:
         keras.utils.set_random_seed(config.seed)   # as trainer.build_run, before the network
-        network = build_network(config.replace(norm=mode), spec, image_size)
-        measured[mode] = {name: SignalPropagation(network, probe).measure()
+        gain = SKIP_GAIN if mode in SKIP_GAIN_NORMS else 0.0
+        network = build_network(config.replace(norm=mode, skipinit_gain=gain), spec, image_size)
+        measured[mode] = {name: SignalPropagation(network, probe, stem=True).measure()
                           for name, probe in probes.items()}
         keras.backend.clear_session()
     return measured

@@ -27,12 +27,15 @@ VARIANTS = {
     "dropout": dict(changes={}, coefficient="dropout"),
     # Beyond the paper: the normalizer-free lineage (issue 18; resnet/norm.py MODES).
     # SkipInit (De & Smith 2020), NF-ResNet (Brock et al. 2021a), and NF-ResNet with adaptive
-    # gradient clipping (Brock et al. 2021b), whose coefficient is AGC's clipping threshold.
-    "skipinit": dict(changes=dict(norm="skipinit"), coefficient=None),
-    "skipinit_el2": dict(changes=dict(norm="skipinit"), coefficient="embedding_l2"),
-    "nf_resnet": dict(changes=dict(norm="nf_resnet"), coefficient=None),
-    "nf_resnet_agc": dict(changes=dict(norm="nf_resnet"), coefficient="agc"),
-    "nf_resnet_el2": dict(changes=dict(norm="nf_resnet"), coefficient="embedding_l2"),
+    # gradient clipping (Brock et al. 2021b), whose coefficient is AGC's clipping threshold;
+    # each with the reference's stochastic depth (keep probability 0.9, docs/references.md §6.10).
+    "skipinit": dict(changes=dict(norm="skipinit", survival_prob=0.9), coefficient=None),
+    "skipinit_el2": dict(changes=dict(norm="skipinit", survival_prob=0.9),
+                         coefficient="embedding_l2"),
+    "nf_resnet": dict(changes=dict(norm="nf_resnet", survival_prob=0.9), coefficient=None),
+    "nf_resnet_agc": dict(changes=dict(norm="nf_resnet", survival_prob=0.9), coefficient="agc"),
+    "nf_resnet_el2": dict(changes=dict(norm="nf_resnet", survival_prob=0.9),
+                          coefficient="embedding_l2"),
 }
 
 PROTOCOLS = {

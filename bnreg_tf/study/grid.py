@@ -195,6 +195,8 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
     if tuning_seeds != chosen.tuning_seeds and protocol != "paper":
         raise ConfigError("--tuning_seeds: only the paper protocol has a tuning phase "
                           "(--protocol=paper)")
+    if not output_dir:
+        raise ConfigError("--output_dir: expected a directory path, got ''")
     output_dir = os.path.abspath(output_dir)
     # A coefficient flag sets its variants' coefficient, never the base run's (where it may not
     # apply: KL needs its variant's norm mode).

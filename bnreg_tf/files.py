@@ -38,3 +38,14 @@ def write_atomically(path, text):
         except OSError:
             pass
         raise
+
+
+def json_kind(value):
+    """What a parsed JSON value is, in JSON's words ("a list", "null", ...), for messages."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (dict, "an object"), (list, "a list"),
+                       (str, "a string"), ((int, float), "a number")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+from bnreg_tf.files import json_kind
 from bnreg_tf.run import layout
 from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.export import read_class_names
@@ -16,7 +17,7 @@ _SPLIT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d*):(\d*)\])?$")
 def _record_problem(record):
     """Why `record` (parsed dataset.json) is not what bnreg-train writes, or None."""
     if not isinstance(record, dict):
-        return f"holds a JSON {type(record).__name__}, not bnreg's record"
+        return f"holds {json_kind(record)}, not bnreg's record"
     if not isinstance(record.get("dataset"), str) or not record["dataset"]:
         return "has no dataset name"
     if not isinstance(record.get("data_dir", ""), str):

@@ -18,7 +18,7 @@ import json
 import math
 import os
 
-from bnreg_tf.files import write_atomically
+from bnreg_tf.files import json_kind, write_atomically
 from bnreg_tf.run import layout
 from bnreg_tf.run.checkpoints import checkpoint_paths
 from bnreg_tf.run.config import ConfigError
@@ -52,7 +52,7 @@ def problem(stored, key, channels):
     """Why `stored` (parsed JSON) is not the normalization.json bnreg wrote for `key` (the
     dataset and split) with `channels` channels, or None."""
     if not isinstance(stored, dict):
-        return f"holds a JSON {type(stored).__name__}, not bnreg's statistics"
+        return f"holds {json_kind(stored)}, not bnreg's statistics"
     for name in ("dataset", "split"):
         if stored.get(name) != key[name]:
             return f"was computed for {name}={stored.get(name)!r}, not {key[name]!r}"

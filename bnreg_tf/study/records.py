@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 
+from bnreg_tf.files import json_kind
 from bnreg_tf.run import inputs, layout, rundir
 from bnreg_tf.run.config import ConfigError
 from bnreg_tf.study.variants import VARIANTS
@@ -25,7 +26,7 @@ _OK_FIELDS = {"seconds": _NUMBER, "steps": int, "val_accuracy": _NUMBER + (type(
 def record_problem(record, spec):
     """Why `record` (parsed study.json) is not the record bnreg writes for `spec`, or None."""
     if not isinstance(record, dict):
-        return f"holds a JSON {type(record).__name__}, not a record"
+        return f"holds {json_kind(record)}, not a record"
     if record.get("status") not in ("ok", "failed"):
         return f"has status {record.get('status')!r}, not 'ok' or 'failed'"
     if record.get("run") != spec.name:

@@ -18,13 +18,25 @@ def quiet_stderr():
         yield
         return
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    outer = _STDERR[0]
+    _STDERR[0] = saved if outer is None else outer
     os.dup2(devnull, 2)
     try:
         yield
     finally:
         os.dup2(saved, 2)
+        _STDERR[0] = outer
         os.close(saved)
         os.close(devnull)
+
+
+_STDERR = [None]   # the real stderr's descriptor while `quiet_stderr` holds fd 2
+
+
+def stderr_fd():
+    """The descriptor of the real stderr, also inside `quiet_stderr` (for a line that must be
+    seen whatever runs: the stop signals' one line)."""
+    return 2 if _STDERR[0] is None else _STDERR[0]
 
 
 _BINARIES = {"bnreg-train": "bnreg-train", "bnreg-eval": "bnreg-eval",
@@ -61,7 +73,7 @@ def stop_signals_at_start():
     def handler(signum, _frame):
         text = (f"{name}: stopped by {signal.Signals(signum).name} during start-up; nothing "
                 "was written: repeat the command\n")
-        os.write(2, text.encode())
+        os.write(stderr_fd(), text.encode())
         os._exit(75)
 
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -48,6 +48,8 @@ def _slow(name, marker):
 
 
 def main():
+    import bnreg_tf  # noqa: F401  (first: TensorFlow loads with its C++ lines kept off stderr)
+
     fault, value, *flags = sys.argv[1:]
     if fault == "hang_step":
         _hang_from(int(value))

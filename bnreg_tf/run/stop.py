@@ -30,6 +30,7 @@ import threading
 import time
 
 from bnreg_tf.run.checkpoints import checkpoint_paths
+from bnreg_tf.startup import stderr_fd
 
 EXIT_STATUS = 75
 DEFAULT_GRACE = 120.0   # seconds; BUILD_NOTES "Issue 27" compares it with the clouds' notices
@@ -61,6 +62,8 @@ def _last_checkpoint():
 
 
 def _resume_hint():
+    if State.phase == "during start-up":   # start-up writes nothing that stays (trainer)
+        return "nothing was written: repeat the command"
     last = _last_checkpoint()
     if last:
         return f"the last checkpoint is {last}: repeat the command to resume from it"
@@ -71,7 +74,7 @@ def _exit_now(text, status):
     """Writes `text` as the binary's one line (unless it already reported) and exits at once."""
     with State.exiting:
         if State.exit_status is None:
-            os.write(2, f"{State.name}: {text}\n".encode())
+            os.write(stderr_fd(), f"{State.name}: {text}\n".encode())
         os._exit(status if State.exit_status is None else State.exit_status)
 
 
@@ -188,12 +191,12 @@ def stop_signals(strategy=None):
     installs = main and not multi
     if installs:
         _install()
-    mode = State.mode
-    State.mode = "defer"
+    mode, phase = State.mode, State.phase
+    State.mode, State.phase = "defer", "during training"
     try:
         yield
     finally:
-        State.mode = mode
+        State.mode, State.phase = mode, phase
         if installs:
             uninstall()
 

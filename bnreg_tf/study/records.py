@@ -27,10 +27,13 @@ def record_problem(record, spec):
     """Why `record` (parsed study.json) is not the record bnreg writes for `spec`, or None."""
     if not isinstance(record, dict):
         return f"holds {json_kind(record)}, not a record"
-    if record.get("status") not in ("ok", "failed"):
-        return f"has status {record.get('status')!r}, not 'ok' or 'failed'"
+    if "status" not in record:
+        return "has no status"
+    if record["status"] not in ("ok", "failed"):
+        return f"has status {record['status']!r}, not 'ok' or 'failed'"
     if record.get("run") != spec.name:
-        return f"is the record of run {record.get('run')!r}"
+        return (f"is the record of run {record['run']!r}, not {spec.name!r}" if "run" in record
+                else "has no run name")
     fields = _OK_FIELDS if record["status"] == "ok" else {"error": str}
     for name, kinds in fields.items():
         value = record.get(name, KeyError)

@@ -54,7 +54,11 @@ class Checkpointer(keras.callbacks.Callback):
             save_once(self.manager, int(self.model.optimizer.iterations.numpy()))
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_steps and int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:
+        # An epoch's last step is saved at the epoch's end, after its row of log.csv (the
+        # checkpoint carries the history: bnreg_tf.run.history).
+        last = batch + 1 == (self.params or {}).get("steps")
+        if self.every_steps and not last and \
+                int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):

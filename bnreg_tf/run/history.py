@@ -9,9 +9,12 @@ never leaves half a row). On resume `EpochLog.prepare` makes log.csv the checkpo
   (they run again), with a line;
 - deleted, truncated mid-row, header-only, rows missing, repeated or edited: rebuilt from the
   checkpoint's history, with a line naming the damage;
-- a checkpoint of an older bnreg (no history inside): the rows beyond it are dropped, a log
-  that is not bnreg's is refused (one line, as before), and rows that are missing or repeated
-  are named in one line (they cannot be rebuilt).
+- a checkpoint of an older bnreg (no history inside, or one that lacks epochs): the rows
+  beyond it are dropped, a log that is not bnreg's is refused (one line, as before), and rows
+  that are missing or repeated are named in one line (they cannot be rebuilt).
+
+Every checkpoint at an epoch's end is saved after that epoch's row (`callbacks.Checkpointer` and
+`preemption.StopOnSignal` leave an epoch's last step to `on_epoch_end`), so its history is whole.
 """
 import csv
 import io
@@ -110,8 +113,8 @@ class EpochLog(keras.callbacks.Callback):
         shows progress)."""
         done = int(start_step) // self.steps_per_epoch
         name = os.path.basename(checkpoint) if checkpoint else "none"
-        if self.history.rows is None and start_step:
-            self._legacy(done)
+        if start_step and not self._complete(self.history.rows, done):
+            self._legacy(done)   # an older bnreg's checkpoint (or a history that lacks epochs)
         elif not start_step:
             self.history.rows = []
             _write(self.path, [])
@@ -119,6 +122,14 @@ class EpochLog(keras.callbacks.Callback):
             self._reconcile(list(self.history.rows), done, name)
         rows = self.history.rows or []
         self.keys = [k for k in rows[0] if k not in ("epoch", "step")] if rows else None
+
+    @staticmethod
+    def _complete(rows, done):
+        """Whether `rows` (a checkpoint's history) holds exactly the epochs 1..done."""
+        try:
+            return rows is not None and _epochs(rows) == list(range(1, done + 1))
+        except (ValueError, IndexError):
+            return False
 
     def _reconcile(self, expected, done, name):
         try:

@@ -21,20 +21,29 @@ class StopOnSignal(keras.callbacks.Callback):
     """After the step during which a stop signal arrived: save a checkpoint and raise Preempted.
 
     Raising (rather than `stop_training`) skips the epoch's validation pass, which could outlast
-    the grace period between SIGTERM and SIGKILL (30 s on Kubernetes by default).
+    the grace period between SIGTERM and SIGKILL (30 s on Kubernetes by default), except at an
+    epoch's last step: there it stops at the epoch's end (see `on_train_batch_end`).
     """
 
     def __init__(self, manager):
         super().__init__()
         self.manager = manager
 
-    def on_train_batch_end(self, batch, logs=None):
-        if stop.State.received is None:
-            return
+    def _stop(self):
         step = int(self.model.optimizer.iterations.numpy())
         save_once(self.manager, step)
         raise Preempted(f"stopped by {stop.State.received} at step {step}; checkpoint saved; "
                         "repeat the command to resume")
+
+    def on_train_batch_end(self, batch, logs=None):
+        # At an epoch's last step the stop waits for the epoch's end (its validation, its row
+        # of log.csv and its checkpoint), so a resume never lacks that epoch's row.
+        if stop.State.received is not None and batch + 1 != (self.params or {}).get("steps"):
+            self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if stop.State.received is not None:
+            self._stop()
 
 
 _COORDINATION = {"handler": None, "current": None}   # this process's handler, the run it serves

@@ -101,11 +101,11 @@ def _callbacks(run, guard, monitor, epoch_log):
         callbacks.append(early_stopping.BestCheckpoint(run.checkpoint_manager.checkpoint,
                                                        run.write_dir, guard))
     callbacks += [epoch_log,   # before the Checkpointer: each checkpoint holds its epoch's row
-                  cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps),
-                  preemption.stop_callback(run.strategy, run.checkpoint_manager)]
+                  cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps)]
     if run.chief:
         callbacks.append(cb.TensorBoardLog(run.path(layout.TENSORBOARD), config))
-    return callbacks
+    # Last: a stop raises after everything else has seen the step (or the epoch's end).
+    return callbacks + [preemption.stop_callback(run.strategy, run.checkpoint_manager)]
 
 
 def _fit(run, callbacks, verbose, guard):

@@ -93,3 +93,19 @@ def test_the_watchdog_belongs_to_its_block(monkeypatch):
         assert stop.received() == "SIGTERM"
     time.sleep(1.5)   # the process is still here
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_full_disk_anywhere_in_training_is_one_line_but_out_of_memory_is_not():
+    """`writing(machine_only=True)` around the loop: a refused write of any callback is
+    WriteFailed naming the checkpoint intact at that moment; an out-of-memory error is not."""
+    saved = []
+    with pytest.raises(WriteFailed, match=r"cannot write to /run during training \(No space "
+                                          r"left on device\); the last checkpoint, ckpt-9, is"):
+        with checkpoints.writing("to /run during training", lambda: saved[-1],
+                                 machine_only=True):
+            saved.append("/run/checkpoints/ckpt-9")
+            raise tf.errors.ResourceExhaustedError(None, None, "/run/best/x; No space left on "
+                                                   "device")
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        with checkpoints.writing("to /run during training", None, machine_only=True):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")

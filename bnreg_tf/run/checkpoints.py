@@ -131,15 +131,23 @@ def _reason(error):
 
 
 @contextlib.contextmanager
-def writing(what, last_checkpoint, remedy="repeat the command to resume from it"):
+def writing(what, last_checkpoint, remedy="repeat the command to resume from it",
+            machine_only=False):
     """Inside the block, a write the machine refuses (TensorFlow's OpError, or an OSError with a
     machine's errno) raises `WriteFailed`: one line saying `what` failed and why, that the last
-    checkpoint `last_checkpoint` (a path or None) is intact, and `remedy`."""
+    checkpoint `last_checkpoint` (a path, None, or a function giving it) is intact, and `remedy`. With `machine_only`
+    an OpError is taken only when its text names a machine's reason (a full disk, not an
+    out-of-memory ResourceExhaustedError)."""
     try:
         yield
     except (tf.errors.OpError, OSError) as error:
         if isinstance(error, OSError) and error.errno not in _MACHINE_ERRNOS:
             raise
+        if machine_only and isinstance(error, tf.errors.OpError) and not any(
+                reason in str(error) for reason in _MACHINE_ERRNOS.values()):
+            raise
+        if callable(last_checkpoint):   # known only now (the loop saved on the way)
+            last_checkpoint = last_checkpoint()
         last = os.path.basename(last_checkpoint) if last_checkpoint else None
         intact = (f"the last checkpoint, {last}, is intact" if last else
                   "no checkpoint was saved yet")

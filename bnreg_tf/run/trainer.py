@@ -169,7 +169,11 @@ def _train(config, strategy, log, verbose, plan, fresh):
                 f"(step {run.start_step})")
         keras_verbose, shown = progress.choose(verbose if run.chief else 0, config,
                                                run.steps_per_epoch)
-        _fit(run, _callbacks(run, guard, monitor, epoch_log) + shown, keras_verbose, guard)
+        # Any other write of the loop (log.csv, TensorBoard, early stopping's checkpoint) that
+        # the machine refuses is one line too (save_once names a failed checkpoint itself).
+        with writing(f"to {config.model_dir} during training",
+                     lambda: run.checkpoint_manager.latest_checkpoint, machine_only=True):
+            _fit(run, _callbacks(run, guard, monitor, epoch_log) + shown, keras_verbose, guard)
     if guard.tripped is not None:
         good = run.checkpoint_manager.latest_checkpoint
         branch = (f"; to go on with other settings (e.g. a lower --learning_rate), start a new "

@@ -13,7 +13,9 @@ TensorFlow's C++ start-up lines are kept off stderr while it loads (`bnreg_tf.st
 """
 import sys
 
-from bnreg_tf.startup import quiet_stderr
+from bnreg_tf.startup import quiet_stderr, stop_signals_at_start
+
+stop_signals_at_start()   # a bnreg binary's process only: a signal while TensorFlow loads is one line
 
 if "keras" in sys.modules:
     import keras

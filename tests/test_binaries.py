@@ -162,10 +162,11 @@ def test_normalisation_is_computed_from_the_training_split_and_stored(tmp_path):
     assert prep.std[0] == pytest.approx(pixels.std(), rel=1e-9)
     stored = _json(os.path.join(config.model_dir, "normalization.json"))
     assert stored["split"] == splits.train and stored["examples"] == splits.train_examples
-    stored["mean"] = [1.0]
+    assert inputs.preprocessing_for(config, 10, spec, splits).mean == prep.mean  # read back
+    stored["mean"] = [1.0]   # edited: its sha256 no longer fits, so it is recomputed (issue 26)
     with open(os.path.join(config.model_dir, "normalization.json"), "w") as f:
         json.dump(stored, f)
-    assert inputs.preprocessing_for(config, 10, spec, splits).mean == (1.0,)  # read, not redone
+    assert inputs.preprocessing_for(config, 10, spec, splits).mean == prep.mean
 
 
 def test_every_model_family_builds_for_the_datas_channels():

@@ -192,18 +192,24 @@ def test_unrestorable_checkpoints_never_restart_from_zero(tmp_path):
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == before
 
 
-def test_corrupt_logs_missing_config_and_foreign_dirs_are_refused(tmp_path):
+def test_corrupt_logs_missing_config_and_foreign_dirs_are_refused(tmp_path, reference):
     model_dir = _interrupted(tmp_path)
-    log = os.path.join(model_dir, "log.csv")   # stopped in epoch 1: no row logged yet
-    with open(log, "w") as f:
-        f.write("\x00\x01garbage\n1,2,3\n")
-    assert _one_line_error(train(model_dir)).startswith(f"bnreg-train: error: {log}: not a bnreg log")
-    os.remove(log)
     norms = os.path.join(model_dir, "initial_norms.json")
     with open(norms, "w") as f:
         f.write("{not json")
     assert f"{norms}: unreadable" in _one_line_error(train(model_dir))
     os.remove(norms)
+    # Issue 26: a garbage log.csv is rebuilt from the checkpoint's history (no epoch done yet).
+    log = os.path.join(model_dir, "log.csv")   # stopped in epoch 1: no row logged yet
+    with open(log, "w") as f:
+        f.write("\x00\x01garbage\n1,2,3\n")
+    result = train(model_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"bnreg: {log}: not the log of checkpoint ckpt-9, which has no epoch done yet; " \
+        "started anew" in result.stdout
+    columns = ("epoch", "step", "loss", "accuracy", "val_loss")
+    assert [[row[c] for c in columns] for row in _log(model_dir)] == \
+        [[row[c] for c in columns] for row in _log(reference)]
     config = os.path.join(model_dir, "config.json")
     os.remove(config)
     line = _one_line_error(train(model_dir, "--learning_rate=0.3"))
@@ -319,5 +325,5 @@ def test_an_os_error_of_the_machine_is_one_line_exit_1(capsys):
         run_main(main, ["bnreg-train"], "bnreg-train", absl_flags.FlagValues())
     assert exit_.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["bnreg-train: error: /data/run/results.json: No space left on device; nothing "
-                     "written is lost: free space (or fix the mount) and repeat the command"]
+    assert lines == ["bnreg-train: error: /data/run/results.json: No space left on device; what "
+                     "was saved before is intact: free space and repeat the command"]

@@ -10,8 +10,9 @@ import tensorflow as tf
 
 from bnreg_tf.data.preprocessing import Preprocessing
 from bnreg_tf.data.spec import Splits
-from bnreg_tf.run import inputs, keras_fixes, layout
-from bnreg_tf.run.checkpoints import restore_latest
+from bnreg_tf.run import dirguard, inputs, keras_fixes, layout
+from bnreg_tf.run.checkpoints import check_index, restore_latest
+from bnreg_tf.run.history import RunHistory
 from bnreg_tf.run.config import RunConfig
 from bnreg_tf.run.models import build_network, native_image_size
 from bnreg_tf.run.optimizers import make_optimizer
@@ -45,6 +46,8 @@ class Run:
     epoch_metrics: list = None   # the checkpointed running means of the epoch resumed mid-way
     splits: Splits = None   # train / validation (None: --noholdout) / test
     init_from: str = ""   # the checkpoint the weights came from (--init_from), if any
+    history: RunHistory = None   # log.csv's rows, saved in every checkpoint (run.history)
+    restored: str = ""   # the checkpoint the run resumed from, if any
 
     @property
     def chief(self):
@@ -89,13 +92,33 @@ def _build_objects(config, strategy, spec, image_size, steps_per_epoch, train_ex
     return network, trainer, optimizer
 
 
+def _restore(config, state, metric_variables, history, chief, log):
+    """Restores the newest good checkpoint of the run (model, optimizer, the epoch's running
+    means, the history); returns its path or None."""
+    latest = restore_latest(state, os.path.join(config.model_dir, layout.CHECKPOINTS),
+                            log if chief else silent, repair_index=chief)
+    if latest:
+        # The running means of a checkpointed epoch and the history (older checkpoints have
+        # neither: expect_partial leaves them as they are).
+        tf.train.Checkpoint(epoch_metrics=metric_variables).restore(latest).expect_partial()
+        try:
+            tf.train.Checkpoint(history=history).restore(latest).expect_partial()
+        except Exception as error:  # a history that does not parse: log.csv is kept as is
+            history.rows = None
+            (log if chief else silent)(f"bnreg: {latest}: its copy of the history is unreadable "
+                                       f"({type(error).__name__}); log.csv is kept as it is")
+    return latest
+
+
 def build_run(config, strategy, log=print, plan=None):
     """Builds model/optimizer in `strategy`'s scope and restores the newest good checkpoint
     (else, with --init_from, another run's weights).
 
     `strategy` is the process's one strategy (`bnreg_tf.run.strategies.make_strategy`).
     `plan`: `preflight`'s result when it already ran. Writes nothing to the model dir except,
-    on the chief, a repaired checkpoint index.
+    on the chief, a repaired checkpoint index (checkpoints/ and best/: never one naming files
+    outside the run dir) and normalization.json (`inputs`). Every folder handed to a
+    CheckpointManager is checked to lie in the run dir.
     """
     spec, splits = plan or preflight(config, strategy)
     steps_per_epoch = config.steps_per_epoch or max(1, splits.train_examples // config.batch_size)
@@ -104,33 +127,34 @@ def build_run(config, strategy, log=print, plan=None):
         tf.config.experimental.enable_op_determinism()
     set_precision(config.precision, strategy)
     image_size = native_image_size(config, spec)
-    preprocessing = inputs.preprocessing_for(config, image_size, spec, splits)
+    preprocessing = inputs.preprocessing_for(config, image_size, spec, splits, log)
     network, trainer, optimizer = _build_objects(config, strategy, spec, image_size,
                                                  steps_per_epoch, splits.train_examples)
     metric_variables = [v for m in trainer.metrics for v in m.variables]
+    history = RunHistory()
     with strategy.scope():
         state = tf.train.Checkpoint(network=network, optimizer=trainer.optimizer)
         checkpoint = tf.train.Checkpoint(network=network, optimizer=trainer.optimizer,
-                                         epoch_metrics=metric_variables)
+                                         epoch_metrics=metric_variables, history=history)
     # Every worker saves (saving may all-reduce); only the chief's copy is kept, in the model dir.
     chief = is_chief(strategy)
     write_dir = config.model_dir if chief else worker_scratch_dir(strategy)
     start_step, epoch_metrics = 0, None
-    latest = restore_latest(state, os.path.join(config.model_dir, layout.CHECKPOINTS),
-                            log if chief else silent, repair_index=chief)
+    latest = _restore(config, state, metric_variables, history, chief, log)
     if latest:
         start_step = int(trainer.optimizer.iterations.numpy())
-        # The running means of a checkpointed epoch (older checkpoints have none: expect_partial).
-        tf.train.Checkpoint(epoch_metrics=metric_variables).restore(latest).expect_partial()
         epoch_metrics = [v.numpy() for v in metric_variables]
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, layout.CHECKPOINTS),
-                                         max_to_keep=3)
+    directory = os.path.join(write_dir, layout.CHECKPOINTS)
+    if chief:
+        dirguard.check_inside(config.model_dir, directory)
+        check_index(os.path.join(write_dir, layout.BEST_DIR), log)
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
     init_from = ""
     if not latest and config.init_from:
         init_from = restore_init_from(config, network)
     return Run(config, strategy, trainer, network, optimizer, preprocessing, manager,
                steps_per_epoch, splits.train, splits.validation, start_step, write_dir,
-               epoch_metrics, splits, init_from)
+               epoch_metrics, splits, init_from, history, latest or "")
 
 
 def probe_batch(run):

@@ -1,17 +1,17 @@
 """Callbacks of the training binaries: checkpoints, the non-finite-loss stop, run statistics,
-log.csv and TensorBoard.
+log.csv (`bnreg_tf.run.history`, re-exported here) and TensorBoard.
 
 Epochs are counted from 1 everywhere a person reads them (log.csv, the console, TensorBoard's
 `epoch` scalar); TensorBoard's x axis is the global step.
 """
-import csv
 import dataclasses
-import io
 import math
 import os
 import time
 
 import keras
+
+from bnreg_tf.run.history import EpochLog, RunHistory, check_epoch_log  # noqa: F401
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,7 +54,11 @@ class Checkpointer(keras.callbacks.Callback):
             save_once(self.manager, int(self.model.optimizer.iterations.numpy()))
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_steps and int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:
+        # An epoch's last step is saved at the epoch's end, after its row of log.csv (the
+        # checkpoint carries the history: bnreg_tf.run.history).
+        last = batch + 1 == (self.params or {}).get("steps")
+        if self.every_steps and not last and \
+                int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -112,74 +116,6 @@ class AveragedEvaluation(keras.callbacks.Callback):
         if self._context is not None:
             self._context.__exit__(None, None, None)
             self._context = None
-
-
-def _read_rows(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.reader(f))
-
-
-def check_epoch_log(path):
-    """Raises ConfigError (one line naming the file) unless `path` is absent or a bnreg log.csv."""
-    from bnreg_tf.run.config import ConfigError
-
-    try:
-        rows = _read_rows(path)
-        if rows and rows[0][:2] != ["epoch", "step"]:
-            raise ValueError("no epoch and step columns")
-        for row in rows[1:]:
-            if row:
-                int(row[0])
-    except (ValueError, UnicodeDecodeError, csv.Error):
-        raise ConfigError(f"{path}: not a bnreg log (unreadable rows); move it aside to resume "
-                          "(a new one is started)") from None
-
-
-class EpochLog(keras.callbacks.Callback):
-    """`log.csv`: one row per epoch, `epoch` counted from 1 and the global `step` at its end,
-    then every log value (sorted). Appends on resume, first dropping the rows of epochs that
-    will run again (a kill after logging and before the checkpoint)."""
-
-    def __init__(self, path, steps_per_epoch):
-        super().__init__()
-        self.path, self.steps_per_epoch = path, int(steps_per_epoch)
-        self.keys = None
-
-    def on_train_begin(self, logs=None):
-        done = int(self.model.optimizer.iterations.numpy()) // self.steps_per_epoch
-        rows = _read_rows(self.path)
-        if rows:
-            self.keys = [k for k in rows[0] if k not in ("epoch", "step")]
-            kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= done]
-            if len(kept) != len(rows):
-                text = io.StringIO()
-                csv.writer(text).writerows(kept)
-                from bnreg_tf.files import write_atomically
-
-                write_atomically(self.path, text.getvalue())
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        if self.keys is None:
-            self.keys = sorted(logs)
-        step = int(self.model.optimizer.iterations.numpy())
-        row = [epoch + 1, step] + [_plain(logs.get(key, "")) for key in self.keys]
-        new = not os.path.exists(self.path)
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with open(self.path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["epoch", "step", *self.keys])
-            writer.writerow(row)
-
-
-def _plain(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
 
 
 class TensorBoardLog(keras.callbacks.Callback):

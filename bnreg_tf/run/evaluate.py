@@ -7,14 +7,13 @@
 - mean squared norms of the embedding and of the logits (E||Emb||^2, E||NN||^2);
 - CIFAR-10-C: accuracy on each of the 15 corruptions x 5 severities and their mean.
 """
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from bnreg_tf.data import catalog, pipeline
-from bnreg_tf.run import layout
+from bnreg_tf.run import export_record, layout
 from bnreg_tf.run.config import ConfigError
 
 
@@ -35,22 +34,19 @@ def load_saved_model(path):
 
 
 def dataset_record(path):
-    """The export's `dataset.json` (dataset, data_dir, splits, class names), or {} if absent."""
-    record_path = os.path.join(path, layout.DATASET_RECORD)
-    if not os.path.isfile(record_path):
-        return {}
-    try:
-        with open(record_path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"--saved_model={path}: dataset.json is unreadable ({error})") from None
+    """The export's `dataset.json` (dataset, data_dir, splits, class names), or {} if absent;
+    checked as bnreg-train writes it (`export_record.read`: one line otherwise)."""
+    return export_record.read(path)
 
 
 def split_to_score(dataset, data_dir, record, holdout=False):
     """The split bnreg-eval scores: the run's own test (or holdout) split when `dataset` is the
-    one it trained on, else that dataset's test split (holdout) as bnreg-train plans it."""
+    one it trained on (checked against the dataset's splits), else that dataset's test split
+    (holdout) as bnreg-train plans it."""
     role = "validation" if holdout else "test"
     if record.get("dataset") == dataset and record.get("splits", {}).get(role):
+        export_record.check_split(catalog.spec(dataset, data_dir), record["splits"][role],
+                                  f"{layout.DATASET_RECORD} of the export")
         return record["splits"][role]
     spec = catalog.spec(dataset, data_dir)
     splits = catalog.plan_splits(spec, True)

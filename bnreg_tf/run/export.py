@@ -7,9 +7,14 @@ Endpoints (signatures) of the export:
   embedding's Dropout (Fixup's scalar bias and the classifier). `bnreg-eval` applies test-time
   Dropout masks between the two.
 Beside the SavedModel files: `dataset.json` (dataset, its splits, classes; `bnreg-eval` reads
-it) and `class_names.txt` (line i names label i; a folder's sorted class folders).
+it) and `class_names.txt` (line i names label i; a folder's sorted class folders). A class name
+may hold any character a folder name can: in class_names.txt a backslash, a newline and a
+carriage return inside a name are written `\\`, `\n` and `\r`, and bytes that are not UTF-8
+are kept as they are, so the file has exactly one line per class (`read_class_names` reads it
+back; `bnreg-eval` checks it against dataset.json, which holds the names as JSON strings).
 The directory is written beside the target and renamed into place, so an interrupted export
-never leaves a half-written SavedModel where a good one was.
+never leaves a half-written SavedModel where a good one was; the staging and previous dirs are
+removed as what they are (a symbolic link is removed as a link, never followed).
 """
 import json
 import os
@@ -28,6 +33,41 @@ def classify_embedding(network, embedding):
     if "classifier_input_bias" in names:
         x = network.get_layer("classifier_input_bias")(x)
     return tf.cast(network.get_layer("classifier")(x), tf.float32)
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
+
+
+def class_names_text(names):
+    """class_names.txt's bytes: one line per name, `\\`, `\n`, `\r` escaped (module docstring)."""
+    lines = ("".join(_ESCAPES.get(c, c) for c in name) for name in names)
+    return "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
+
+
+def read_class_names(path):
+    """The names class_names.txt at `path` holds, as `class_names_text` wrote them."""
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "surrogateescape")
+    names = []
+    for line in text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"):
+        name, index = [], 0
+        while index < len(line):
+            if line[index] == "\\" and index + 1 < len(line):
+                name.append({"n": "\n", "r": "\r"}.get(line[index + 1], line[index + 1]))
+                index += 2
+            else:
+                name.append(line[index])
+                index += 1
+        names.append("".join(name))
+    return names
+
+
+def _clear(path):
+    """Removes `path` as what it is: a link as a link (never followed), a dir with its files."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
 
 
 def export_saved_model(network, preprocessing, path, dataset=None):
@@ -56,20 +96,20 @@ def export_saved_model(network, preprocessing, path, dataset=None):
         tf.TensorSpec([None, width], tf.float32, name="embedding")])
     path = os.path.abspath(path)
     staging, previous = f"{path}.partial", f"{path}.previous"
-    shutil.rmtree(staging, ignore_errors=True)
+    _clear(staging)
     try:
         archive.write_out(staging, verbose=False)
         if dataset is not None:
             with open(os.path.join(staging, layout.DATASET_RECORD), "w") as f:
                 json.dump(dataset, f, indent=2)
-            with open(os.path.join(staging, layout.CLASS_NAMES), "w") as f:
-                f.write("".join(f"{name}\n" for name in dataset["class_names"]))
+            with open(os.path.join(staging, layout.CLASS_NAMES), "wb") as f:
+                f.write(class_names_text(dataset["class_names"]))
     except BaseException:  # a full disk or a signal: leave no half-written SavedModel behind
-        shutil.rmtree(staging, ignore_errors=True)
+        _clear(staging)
         raise
-    if os.path.exists(path):
-        shutil.rmtree(previous, ignore_errors=True)
+    if os.path.lexists(path):
+        _clear(previous)
         os.replace(path, previous)
     os.replace(staging, path)
-    shutil.rmtree(previous, ignore_errors=True)
+    _clear(previous)
     return path

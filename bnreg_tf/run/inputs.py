@@ -9,14 +9,12 @@ dataset's computed once from its training split and kept in `<model_dir>/normali
 From revision 2, ImageNet is read as JPEG bytes and each crop decodes its window alone, as the
 reference (`reads_jpeg_bytes`; `bnreg_tf.data.preprocessing`); other data is read decoded.
 """
-import json
 import os
 
 from bnreg_tf.data import catalog, pipeline
 from bnreg_tf.data.preprocessing import Preprocessing
 from bnreg_tf.data.spec import IMAGENET_NORMALIZATION
-from bnreg_tf.files import write_atomically
-from bnreg_tf.run import layout
+from bnreg_tf.run import layout, normalization
 from bnreg_tf.run.models import model_entry
 
 STATS_EXAMPLES = 50_000   # at most this many training images are read for the statistics
@@ -43,8 +41,9 @@ def load(config, split):
                         encoded=reads_jpeg_bytes(config))
 
 
-def preprocessing_for(config, image_size, spec=None, splits=None):
-    """The resolved `Preprocessing` of a run (module docstring)."""
+def preprocessing_for(config, image_size, spec=None, splits=None, log=print):
+    """The resolved `Preprocessing` of a run (module docstring); `log` gets the line of a
+    normalization.json rebuilt."""
     if spec is None or splits is None:
         spec, splits = plan(config)
     augment = config.augment
@@ -56,32 +55,37 @@ def preprocessing_for(config, image_size, spec=None, splits=None):
         mean, std = IMAGENET_NORMALIZATION
     else:
         eval_kind = "goyal" if augment == "goyal" else "plain"
-        mean, std = spec.normalization or normalization_stats(config, spec, splits.train)
+        mean, std = spec.normalization or normalization_stats(config, spec, splits.train, log)
     return Preprocessing(augment, eval_kind, image_size, tuple(mean), tuple(std),
                          (config.randaugment_layers, config.randaugment_magnitude,
                           config.randaugment_variant), config.eval_crop)
 
 
-def normalization_stats(config, spec, train_split):
+def normalization_stats(config, spec, train_split, log=print):
     """Per-channel `(mean, std)` of the training split's pixels (0..255), computed once per run.
 
-    Kept in `<model_dir>/normalization.json` with the dataset and split it was computed on, and
-    read back from there (resumes and exports use the same numbers, even if the data changes);
-    at most the first `STATS_EXAMPLES` images are read.
+    Kept in `<model_dir>/normalization.json` with the dataset and split it was computed on, a
+    check (the statistics of the first `CHECK_EXAMPLES` images) and a sha256 of the rest, and
+    read back from there (resumes and exports use the same numbers); at most the first
+    `STATS_EXAMPLES` images are read. Read back, the file is checked (`normalization`): one
+    that is not what bnreg wrote (garbage, a list, no std, std below 1, NaN, the wrong length,
+    edited values) is recomputed with a line while the run has no checkpoint, and refused (one
+    line, ConfigError) once checkpoints were trained with it; the check is recomputed from the
+    data and a mismatch (the data changed) is refused too.
     """
     key = {"dataset": config.dataset, "data_dir": os.path.abspath(config.data_dir or ""),
            "split": train_split}
     path = os.path.join(config.model_dir, layout.NORMALIZATION) if config.model_dir else ""
-    if path and os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if {k: stored.get(k) for k in key} == key:
-            return tuple(stored["mean"]), tuple(stored["std"])
-    mean, std, images = pipeline.pixel_statistics(load(config, train_split), spec.channels,
-                                                  STATS_EXAMPLES)
+
+    def statistics(limit):
+        return pipeline.pixel_statistics(load(config, train_split), spec.channels, limit)
+
+    stored = normalization.read(path, key, spec.channels, statistics, log) if path else None
+    if stored is not None:
+        return tuple(stored["mean"]), tuple(stored["std"])
+    mean, std, images = statistics(STATS_EXAMPLES)
     if path:
-        write_atomically(path, json.dumps({**key, "mean": mean, "std": std, "examples": images},
-                                          indent=2) + "\n")
+        normalization.write(path, key, mean, std, images, statistics)
     return tuple(mean), tuple(std)
 
 

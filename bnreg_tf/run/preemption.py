@@ -1,14 +1,8 @@
-"""SIGTERM and SIGINT as a preemption notice: finish the step, checkpoint, exit with one line.
-
-Cloud VMs, TPU pods, Kubernetes and Slurm send SIGTERM some seconds before they kill a process;
-Ctrl-C sends SIGINT. Inside `stop_signals()` the first such signal only sets a flag: the training
-loop (`StopOnSignal`) finishes the current step, saves a checkpoint and stops, and the binary exits
-with `Preempted`'s one line and status 75 (EX_TEMPFAIL: repeat the command to resume). A second
-signal exits at once (status 128 + signal number), as a user pressing Ctrl-C twice expects.
-Under MultiWorkerMirroredStrategy a signal reaches one worker only, so `CoordinatedStop` lets
-tf.distribute's PreemptionCheckpointHandler agree on one step at which every worker saves and stops.
+"""The training loop's side of a stop signal: `StopOnSignal` saves at the step's end and raises
+`Preempted`; `CoordinatedStop` does it on every worker of MultiWorkerMirroredStrategy at one step.
+The handler, its modes ("defer" in the loop, "raise" elsewhere), the grace period and its
+watchdog are in `bnreg_tf.run.stop` (re-exported here).
 """
-import contextlib
 import os
 import shutil
 import signal
@@ -17,80 +11,39 @@ import threading
 import keras
 
 from bnreg_tf.run.checkpoints import save_once
-
-EXIT_STATUS = 75
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class Preempted(Exception):
-    """A stop signal ended the run early; a checkpoint holds its state."""
-
-
-class _State:
-    depth = 0
-    received = None
-    previous = {}
-
-
-def _handler(signum, _frame):
-    name = signal.Signals(signum).name
-    if _State.received is not None:
-        os.write(2, f"bnreg: second {name}: exiting now without a checkpoint\n".encode())
-        os._exit(128 + signum)
-    _State.received = name
-
-
-@contextlib.contextmanager
-def stop_signals(strategy=None):
-    """Within the block SIGTERM/SIGINT only set a flag instead of killing (re-entrant).
-
-    Not under MultiWorkerMirroredStrategy: there a checkpoint is saved collectively, by every
-    worker at once, and a signal reaches one worker only, so one worker stopping to save would
-    wait forever for the others. There `CoordinatedStop` (the training loop's callback, from
-    `stop_callback`) catches the signals while training; BUILD_NOTES says what was tested.
-    """
-    from bnreg_tf.run.strategies import is_multi_worker
-
-    if threading.current_thread() is not threading.main_thread() or \
-            (strategy is not None and is_multi_worker(strategy)):
-        yield
-        return
-    if _State.depth == 0:
-        _State.received = None
-        _State.previous = {s: signal.signal(s, _handler) for s in _SIGNALS}
-    _State.depth += 1
-    try:
-        yield
-    finally:
-        _State.depth -= 1
-        if _State.depth == 0:
-            for s, handler in _State.previous.items():
-                signal.signal(s, handler)
-
-
-def raise_if_received(where):
-    if _State.received is not None:
-        raise Preempted(f"stopped by {_State.received} {where}; repeat the command to resume")
+from bnreg_tf.run import stop
+from bnreg_tf.run.stop import (DEFAULT_GRACE, EXIT_STATUS, Preempted, install,  # noqa: F401
+                               interruptible, raise_if_received, received, reported, set_grace,
+                               stop_signals, watch_checkpoints)
 
 
 class StopOnSignal(keras.callbacks.Callback):
     """After the step during which a stop signal arrived: save a checkpoint and raise Preempted.
 
     Raising (rather than `stop_training`) skips the epoch's validation pass, which could outlast
-    the grace period between SIGTERM and SIGKILL (30 s on Kubernetes by default).
+    the grace period between SIGTERM and SIGKILL (30 s on Kubernetes by default), except at an
+    epoch's last step: there it stops at the epoch's end (see `on_train_batch_end`).
     """
 
     def __init__(self, manager):
         super().__init__()
         self.manager = manager
 
-    def on_train_batch_end(self, batch, logs=None):
-        if _State.received is None:
-            return
+    def _stop(self):
         step = int(self.model.optimizer.iterations.numpy())
         save_once(self.manager, step)
-        raise Preempted(f"stopped by {_State.received} at step {step}; checkpoint saved; "
+        raise Preempted(f"stopped by {stop.State.received} at step {step}; checkpoint saved; "
                         "repeat the command to resume")
+
+    def on_train_batch_end(self, batch, logs=None):
+        # At an epoch's last step the stop waits for the epoch's end (its validation, its row
+        # of log.csv and its checkpoint), so a resume never lacks that epoch's row.
+        if stop.State.received is not None and batch + 1 != (self.params or {}).get("steps"):
+            self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if stop.State.received is not None:
+            self._stop()
 
 
 _COORDINATION = {"handler": None, "current": None}   # this process's handler, the run it serves
@@ -130,7 +83,7 @@ class CoordinatedStop(keras.callbacks.Callback):
         self._restore_signals()
         if not is_chief(self.strategy):   # its save went to its scratch dir: not kept
             shutil.rmtree(os.path.dirname(self.manager.directory), ignore_errors=True)
-        cause = f"stopped by {_State.received}" if _State.received else \
+        cause = f"stopped by {stop.State.received}" if stop.State.received else \
             "stopped because another worker was preempted"
         raise Preempted(f"{cause} at step {self.step}; checkpoint saved; repeat the command on "
                         "every worker to resume")
@@ -148,11 +101,11 @@ class CoordinatedStop(keras.callbacks.Callback):
             return
         _COORDINATION["current"] = self   # the handler saves and exits through this run
         if _COORDINATION["handler"] is None:   # one per process, shared by a study's runs
-            _State.received = None
+            stop.State.received = None
             throwaway = tf.train.CheckpointManager(
                 tf.train.Checkpoint(), os.path.join(self.manager.directory, "no-such-dir"), 1)
             config = tf.distribute.experimental.TerminationConfig(
-                termination_watcher_fn=lambda: _State.received is not None,
+                termination_watcher_fn=lambda: stop.State.received is not None,
                 exit_fn=lambda: _COORDINATION["current"]._exit(), grace_period=0,
                 save_fn=lambda: _COORDINATION["current"]._save())
             handler = tf.distribute.experimental.PreemptionCheckpointHandler(
@@ -164,7 +117,7 @@ class CoordinatedStop(keras.callbacks.Callback):
             _COORDINATION["handler"] = handler
         self.handler = _COORDINATION["handler"]
         if self.handler:
-            self.previous = {s: signal.signal(s, _handler) for s in _SIGNALS}
+            self.previous = {s: signal.signal(s, stop.handler) for s in stop.SIGNALS}
 
     def on_train_batch_end(self, batch, logs=None):
         from tensorflow.python.util import deprecation

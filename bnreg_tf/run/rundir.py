@@ -9,7 +9,9 @@
 - `resolve_revision`: `--revision=0` (the default) is the run dir's own revision when it holds
   a run, the newest for a new one (`bnreg_tf.nn.revisions`): old runs resume as they computed.
 - `remove_leftovers`: what a kill or a full disk left half-written (`bnreg_tf.files.write_atomically`
-  writes every file so that nothing else can be).
+  writes every file so that nothing else can be), every path checked to lie in the dir.
+- Nothing outside the run dir is ever written or removed: `dirguard` refuses (one line naming
+  it) a link among bnreg's names that leads out of the dir.
 """
 import dataclasses
 import errno
@@ -18,10 +20,11 @@ import json
 import os
 import shutil
 import socket
+import stat
 import time
 
 from bnreg_tf.nn import revisions
-from bnreg_tf.run import layout
+from bnreg_tf.run import dirguard, layout
 from bnreg_tf.run.config import ConfigError, RunConfig
 
 LOCK_NAME = layout.LOCK
@@ -61,13 +64,37 @@ class RunLock:
         except ValueError:
             return None
 
-    def acquire(self):
+    def _open(self):
+        """The lock file's descriptor: a regular file of its own (never a link, a folder, a FIFO
+        or a hard link shared with another name: its content is written in place)."""
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise ConfigError(f"{self.flag}={self.directory}: exists and is not a directory "
+                              "(not a bnreg run dir); move it aside and repeat the command")
         os.makedirs(self.directory, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as error:
+            kind = {errno.ELOOP: "is a symbolic link", errno.EISDIR: "is a directory"}.get(
+                error.errno, f"cannot be opened ({error.strerror})")
+            raise ConfigError(f"{self.flag}={self.directory}: {self.path} {kind}, not bnreg's "
+                              "lock file; move it aside and repeat the command") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            os.close(fd)
+            kind = "is not a regular file" if not stat.S_ISREG(info.st_mode) else \
+                f"is a hard link ({info.st_nlink} names; bnreg writes it in place)"
+            raise ConfigError(f"{self.flag}={self.directory}: {self.path} {kind}, not bnreg's "
+                              "lock file; move it aside and repeat the command")
+        return fd
+
+    def acquire(self):
+        """Takes the lock (RunDirBusy when another live process holds it; ConfigError, one line,
+        when the dir or its lock file is not what bnreg makes or cannot be written)."""
         self._key = os.path.realpath(self.path)
         if self._key in RunLock._held:
             RunLock._held[self._key][1] += 1
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -118,22 +145,33 @@ class RunLock:
 
 
 def check_writable(path, flag):
-    """Creates directory `path` if needed and proves a file can be written there (one-line error)."""
+    """Creates directory `path` if needed and proves a file can be written there (one-line error).
+
+    The probe file is removed on every way out (a full disk, a signal); nothing else is written.
+    """
+    if not path:
+        raise ConfigError(f"{flag}: expected a directory path, got ''")
+    probe = os.path.join(path, f".bnreg-write-test-{os.getpid()}")
     try:
         if os.path.exists(path) and not os.path.isdir(path):
             raise ConfigError(f"{flag}={path}: exists and is not a directory")
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".bnreg-write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        try:
+            with open(probe, "w") as f:
+                f.write("ok")
+        finally:
+            if os.path.lexists(probe):
+                os.remove(probe)
     except OSError as error:
         raise ConfigError(f"{flag}={path}: cannot write there "
                           f"({error.strerror or type(error).__name__})") from None
 
 
 def check_output_file(path, flag):
-    """Checks that file `path` can be written (its directory is created; '' means the cwd)."""
+    """Checks that file `path` can be written: its directory (created if needed) takes a file,
+    and its name fits the file system (so a long name fails before the work, not after)."""
+    if not path:
+        raise ConfigError(f"{flag}: expected a file path, got ''")
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ConfigError(f"{flag}={path}: is a directory; expected a file path")
@@ -142,6 +180,11 @@ def check_output_file(path, flag):
     except ConfigError as error:
         detail = str(error).split(": ", 1)[1]
         raise ConfigError(f"{flag}={path}: {detail}") from None
+    limit = os.pathconf(directory, "PC_NAME_MAX")
+    name = os.fsencode(os.path.basename(path))
+    if len(name) > limit:
+        raise ConfigError(f"{flag}={path}: the file name is {len(name)} bytes; this file system "
+                          f"takes at most {limit}: choose a shorter name")
 
 
 def read_config(model_dir):
@@ -179,22 +222,31 @@ def first_difference(previous, config):
     return None
 
 
+def _leftover(name):
+    """A name only an interrupted write of bnreg leaves (write_atomically's staging file, the
+    export's staging dir, the write probe of a killed process)."""
+    return name.endswith(".partial") or name.startswith(".bnreg-write-test-")
+
+
 def check_model_dir(config, writable=True, compare=True):
     """Raises ConfigError unless `config.model_dir` can hold this run; True if it holds it already.
 
     Refuses a non-empty dir without bnreg's config.json (never writes into someone else's files),
     checkpoints without config.json (their config is unknown: `--init_from` branches from them),
-    and (with `compare`) a config.json of a different run. Writes nothing but a removed probe.
+    bnreg's names of the wrong kind or linked out of the dir (`dirguard.check_run_dir`), and
+    (with `compare`) a config.json of a different run. Writes nothing but a removed probe.
     """
     model_dir = config.model_dir
     if writable:
         check_writable(model_dir, "--model_dir")
     elif not os.path.isdir(model_dir):
         return False
+    dirguard.check_run_dir(model_dir)
     previous = read_config(model_dir)
     if previous is None:
         # study.json alone: the study's record of a run that failed before it wrote anything
-        entries = set(os.listdir(model_dir)) - {LOCK_NAME, layout.STUDY_RECORD}
+        entries = {name for name in os.listdir(model_dir) if not _leftover(name)}
+        entries -= {LOCK_NAME, layout.STUDY_RECORD}
         if layout.CHECKPOINTS in entries:
             raise ConfigError(
                 f"--model_dir={model_dir} holds checkpoints but no config.json, so the run they "
@@ -214,25 +266,42 @@ def check_model_dir(config, writable=True, compare=True):
     return True
 
 
+def _remove(model_dir, path):
+    """Removes `path` (a leftover) after checking it lies in `model_dir`; a symbolic link is
+    removed as a link (what it points to is never touched)."""
+    dirguard.check_inside(model_dir, os.path.dirname(path))
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.remove(path)
+    else:
+        dirguard.check_inside(model_dir, path)
+        shutil.rmtree(path)
+
+
 def remove_leftovers(model_dir, log=print):
-    """Removes what a kill or a full disk left half-written: `*.partial`, `checkpoints/*_temp`
-    and `best/*_temp` (early stopping's checkpoint)."""
+    """Removes what a kill or a full disk left half-written: `*.partial` files and dirs, old
+    write probes, `checkpoints/*_temp` and `best/*_temp` (early stopping's checkpoint), and puts
+    back `export.previous` when a kill came between the two renames of an export swap.
+
+    Every path is checked to lie in `model_dir` first (`dirguard`); a leftover that is a symbolic
+    link is removed as a link, never followed. Returns the relative names removed."""
     found = []
     for root in (model_dir, os.path.join(model_dir, layout.CHECKPOINTS),
                  os.path.join(model_dir, layout.BEST_DIR)):
         if not os.path.isdir(root):
             continue
+        dirguard.check_inside(model_dir, root)
         for name in os.listdir(root):
             path = os.path.join(root, name)
-            if name.endswith(".partial") or (root != model_dir and name.endswith("_temp")):
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            if _leftover(name) or (root != model_dir and name.endswith("_temp")):
+                _remove(model_dir, path)
                 found.append(os.path.relpath(path, model_dir))
     export = os.path.join(model_dir, layout.EXPORT)
     previous = f"{export}.previous"
-    if os.path.isdir(previous):  # killed while swapping in a new export: keep the older one
-        if os.path.exists(export):
-            shutil.rmtree(previous)
+    if os.path.lexists(previous):  # killed while swapping in a new export: keep the older one
+        if os.path.lexists(export):
+            _remove(model_dir, previous)
         else:
+            dirguard.check_inside(model_dir, previous)
             os.replace(previous, export)
         found.append("export.previous")
     if found:

@@ -17,6 +17,9 @@ from bnreg_tf.nn.norm_monitor import NormMonitor
 from bnreg_tf.run import callbacks as cb
 from bnreg_tf.run import early_stopping, layout, preemption, progress
 from bnreg_tf.run.build import build_run, probe_batch, silent, train_input
+from bnreg_tf.run.checkpoints import writing
+from bnreg_tf.run.dirguard import undo_on_failure
+from bnreg_tf.run.history import read_rows
 from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.export import export_saved_model
 from bnreg_tf.run.inputs import eval_dataset
@@ -40,16 +43,17 @@ def _read_initial_norms(path):
 
 @contextlib.contextmanager
 def _writer(config, strategy, log):
-    """The chief's exclusive hold on the model dir: checked, locked, checked again, tidied."""
+    """The chief's exclusive hold on the model dir: checked, locked, checked again, tidied.
+    Yields whether the dir is fresh (no config.json yet: its start-up is all or nothing)."""
     if not is_chief(strategy):
         check_model_dir(config, writable=False)
-        yield
+        yield False
         return
     check_model_dir(config, compare=False)   # never lock (write) in a foreign dir
     with RunLock(config.model_dir, log):   # a busy dir is refused as busy, whatever its config
-        check_model_dir(config)
+        fresh = not check_model_dir(config)
         remove_leftovers(config.model_dir, log)
-        yield
+        yield fresh
 
 
 def train(config, strategy, log=print, verbose=None):
@@ -58,13 +62,19 @@ def train(config, strategy, log=print, verbose=None):
     `verbose`: None (default) picks the progress output (`bnreg_tf.run.progress`): Keras' bar on
     a terminal, progress lines otherwise, nothing when BNREG_QUIET is set; 0 = silent.
     Raises ConfigError (bad flags, data or model dir), RunDirBusy (another process holds the
-    model dir), NonFiniteLoss, or preemption.Preempted (SIGTERM/SIGINT: a checkpoint was saved).
+    model dir), NonFiniteLoss, WriteFailed (the machine refused a checkpoint, the export or
+    results.json), or preemption.Preempted (SIGTERM/SIGINT: in training after a checkpoint at
+    the step; at start-up, in the final evaluation or the export at once).
     `--revision=0` becomes the run dir's revision, or the newest for a new run (`rundir`).
+    Guarantees: a fresh model dir whose start-up fails (a refused --init_from, a signal, a full
+    disk) is left as it was found (its empty lock file aside); nothing outside it is written.
     """
-    config = resolve_revision(config)
-    plan = preflight(config, strategy)
-    with _writer(config, strategy, log), preemption.stop_signals(strategy):
-        return _train(config, strategy, log, verbose, plan)
+    with preemption.stop_signals(strategy):
+        with preemption.interruptible("during start-up"):
+            config = resolve_revision(config)
+            plan = preflight(config, strategy)
+        with _writer(config, strategy, log) as fresh:
+            return _train(config, strategy, log, verbose, plan, fresh)
 
 
 def _norm_monitor(run):
@@ -81,7 +91,7 @@ def _norm_monitor(run):
     return monitor
 
 
-def _callbacks(run, guard, monitor, log_path):
+def _callbacks(run, guard, monitor, epoch_log):
     """The training loop's callbacks, in the order they must run."""
     config = run.config
     callbacks = [guard, monitor, cb.RunStats(config.batch_size)]
@@ -92,12 +102,12 @@ def _callbacks(run, guard, monitor, log_path):
     if config.early_stopping:   # before the Checkpointer: see bnreg_tf.run.early_stopping
         callbacks.append(early_stopping.BestCheckpoint(run.checkpoint_manager.checkpoint,
                                                        run.write_dir, guard))
-    callbacks += [cb.EpochLog(log_path, run.steps_per_epoch),  # 1-based; drops rows to redo
-                  cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps),
-                  preemption.stop_callback(run.strategy, run.checkpoint_manager)]
+    callbacks += [epoch_log,   # before the Checkpointer: each checkpoint holds its epoch's row
+                  cb.Checkpointer(run.checkpoint_manager, guard, config.checkpoint_steps)]
     if run.chief:
         callbacks.append(cb.TensorBoardLog(run.path(layout.TENSORBOARD), config))
-    return callbacks
+    # Last: a stop raises after everything else has seen the step (or the epoch's end).
+    return callbacks + [preemption.stop_callback(run.strategy, run.checkpoint_manager)]
 
 
 def _fit(run, callbacks, verbose, guard):
@@ -118,26 +128,54 @@ def _fit(run, callbacks, verbose, guard):
                         steps_per_epoch=spe, **common)
 
 
-def _train(config, strategy, log, verbose, plan):
+def _say_restart(run, log):
+    """One line when a run that shows progress (log.csv rows, results.json) starts from step 0
+    because no checkpoint is left."""
+    try:
+        rows = read_rows(run.path(layout.LOG))
+        epochs = len(rows) - 1 if rows and rows[0][:2] == ["epoch", "step"] else 0
+    except ValueError:
+        epochs = 0
+    finished = os.path.exists(run.path(layout.RESULTS))
+    if epochs or finished:
+        shown = f"{epochs} finished epoch(s) in log.csv" if epochs else "results.json"
+        log(f"bnreg: {run.config.model_dir} shows {shown} but holds no checkpoint: starting "
+            "over from step 0 (the old rows of log.csv are dropped)")
+
+
+def _start(config, strategy, log, plan):
+    """Start-up: config.json, the objects (restored), the history, the norms at init."""
     if is_chief(strategy) and not os.path.exists(os.path.join(config.model_dir, layout.CONFIG)):
         write_atomically(os.path.join(config.model_dir, layout.CONFIG), config.to_json() + "\n")
     run = build_run(config, strategy, log, plan)
     os.makedirs(run.write_dir, exist_ok=True)
-    report, log = log, (log if run.chief else silent)
+    log = log if run.chief else silent
     log(progress.summary(run, run.path(layout.CONFIG)))
+    if run.chief and run.start_step == 0:
+        _say_restart(run, log)
+    epoch_log = cb.EpochLog(os.path.join(run.write_dir, layout.LOG), run.steps_per_epoch,
+                            run.history, log)
+    epoch_log.prepare(run.start_step, run.restored)
+    return run, _norm_monitor(run), epoch_log
+
+
+def _train(config, strategy, log, verbose, plan, fresh):
+    with preemption.interruptible("during start-up"), undo_on_failure(config.model_dir, fresh):
+        run, monitor, epoch_log = _start(config, strategy, log, plan)
+    report, log = log, (log if run.chief else silent)
+    preemption.watch_checkpoints(run.checkpoint_manager.directory)
     guard = cb.NonFiniteGuard()
-    monitor = _norm_monitor(run)
-    preemption.raise_if_received("before training")
     if run.start_step < run.total_steps:
         if run.start_step:
             log(f"bnreg: resuming from {run.checkpoint_manager.latest_checkpoint} "
                 f"(step {run.start_step})")
-        log_path = os.path.join(run.write_dir, layout.LOG)
-        cb.check_epoch_log(log_path)
-        callbacks = _callbacks(run, guard, monitor, log_path)
         keras_verbose, shown = progress.choose(verbose if run.chief else 0, config,
                                                run.steps_per_epoch)
-        _fit(run, callbacks + shown, keras_verbose, guard)
+        # Any other write of the loop (log.csv, TensorBoard, early stopping's checkpoint) that
+        # the machine refuses is one line too (save_once names a failed checkpoint itself).
+        with writing(f"to {config.model_dir} during training",
+                     lambda: run.checkpoint_manager.latest_checkpoint, machine_only=True):
+            _fit(run, _callbacks(run, guard, monitor, epoch_log) + shown, keras_verbose, guard)
     if guard.tripped is not None:
         good = run.checkpoint_manager.latest_checkpoint
         branch = (f"; to go on with other settings (e.g. a lower --learning_rate), start a new "
@@ -145,11 +183,12 @@ def _train(config, strategy, log, verbose, plan):
         raise cb.NonFiniteLoss(
             f"loss became non-finite at step {guard.tripped}; training stopped. Last good "
             f"checkpoint: {good or 'none saved yet'}{branch}")
-    best = early_stopping.restore_best(run) if config.early_stopping else None
+    with preemption.interruptible("after training, before the final evaluation"):
+        best = early_stopping.restore_best(run) if config.early_stopping else None
     results = finish(run, monitor, log)
     if best and run.chief:   # the evaluated and exported weights are the best epoch's
         results.update(best)
-        write_atomically(run.path(layout.RESULTS), json.dumps(results, indent=2) + "\n")
+        _write_results(run, results)
     if not run.chief:
         report(f"bnreg: worker done after {results['steps']} steps; trainable weights sha256 "
                f"{results['weights_sha256']}")
@@ -164,21 +203,39 @@ def weights_fingerprint(network):
     return digest.hexdigest()
 
 
+def _write_results(run, results):
+    with writing(run.path(layout.RESULTS), run.checkpoint_manager.latest_checkpoint, _FINISH):
+        write_atomically(run.path(layout.RESULTS), json.dumps(results, indent=2) + "\n")
+
+
+_FINISH = "repeat the command to finish the run (its final evaluation and export)"
+
+
+def _export(run):
+    """The SavedModel of `run` in its model dir; a signal stops it (Preempted) and a write the
+    machine refuses is WriteFailed; either way no half export is left and the old one stays."""
+    path = run.path(layout.EXPORT)
+    with preemption.interruptible("during the export"), \
+            writing(f"the export {path}", run.checkpoint_manager.latest_checkpoint, _FINISH):
+        return export_saved_model(run.network, run.preprocessing, path, dataset_record(run))
+
+
 def finish(run, monitor, log=print):
-    """Final evaluation (averaged weights where the recipe has them), results.json and export."""
+    """Final evaluation (averaged weights where the recipe has them), results.json and export.
+
+    A stop signal during the evaluation or the export raises Preempted at once (the run's last
+    checkpoint holds the trained state: repeating the command finishes it)."""
     config = run.config
     with run.averaged():
         scores = {}   # the holdout (unless --noholdout), then the test split, scored once
-        for role, split in (("validation", run.eval_split), ("test", run.splits.test)):
-            if split:
-                scores[role] = evaluate_split(run, split)
-        probe = NormMonitor(monitor.probe)
-        probe.set_model(run.trainer)
-        final_norms = probe.measure()
-        export_path = None
-        if config.export and run.chief:
-            export_path = export_saved_model(run.network, run.preprocessing,
-                                             run.path(layout.EXPORT), dataset_record(run))
+        with preemption.interruptible("during the final evaluation"):
+            for role, split in (("validation", run.eval_split), ("test", run.splits.test)):
+                if split:
+                    scores[role] = evaluate_split(run, split)
+            probe = NormMonitor(monitor.probe)
+            probe.set_model(run.trainer)
+            final_norms = probe.measure()
+        export_path = _export(run) if config.export and run.chief else None
     results = {
         **split_results(scores),
         "steps": int(run.trainer.optimizer.iterations.numpy()),
@@ -191,25 +248,28 @@ def finish(run, monitor, log=print):
     if not run.chief:
         shutil.rmtree(run.write_dir, ignore_errors=True)
         return results
-    write_atomically(run.path(layout.RESULTS), json.dumps(results, indent=2) + "\n")
+    _write_results(run, results)
     log(progress.final_line(results, run.path(layout.RESULTS)))
     return results
 
 
 def export_from_checkpoint(config, strategy, log=print):
-    """Exports the latest checkpoint of `config`'s model dir (averaged weights where kept)."""
-    config = resolve_revision(config)
-    plan = preflight(config, strategy)
+    """Exports the latest checkpoint of `config`'s model dir (averaged weights where kept);
+    a stop signal or a write the machine refuses ends it as in `finish`."""
+    with preemption.stop_signals(strategy), preemption.interruptible("during start-up"):
+        config = resolve_revision(config)
+        plan = preflight(config, strategy)
     if not os.path.isdir(os.path.join(config.model_dir, layout.CHECKPOINTS)):
         raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
-    with _writer(config, strategy, log), preemption.stop_signals(strategy):
-        run = build_run(config, strategy, log, plan)
+    with preemption.stop_signals(strategy), _writer(config, strategy, log):
+        with preemption.interruptible("during start-up"):
+            run = build_run(config, strategy, log, plan)
         if run.checkpoint_manager.latest_checkpoint is None:
             raise ConfigError(f"--model_dir={config.model_dir}: no checkpoint to export")
+        preemption.watch_checkpoints(run.checkpoint_manager.directory)
         if config.early_stopping:   # the best holdout epoch's, as train() exports
             early_stopping.restore_best(run)
         with run.averaged():
-            path = export_saved_model(run.network, run.preprocessing, run.path(layout.EXPORT),
-                                      dataset_record(run))
+            path = _export(run)
     log(f"bnreg: exported {run.checkpoint_manager.latest_checkpoint} to {path}")
     return path

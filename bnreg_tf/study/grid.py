@@ -226,6 +226,8 @@ def make_study(name, given, variants=None, seeds=None, coefficients=None,
     variants, seeds, sweep = _check_grid(chosen, given, variants, seeds, coefficients)
     protocol, rates, tuning_seeds = _check_protocol(chosen, given, protocol, learning_rates,
                                                     tuning_seeds)
+    if not output_dir:
+        raise ConfigError("--output_dir: expected a directory path, got ''")
     output_dir = os.path.abspath(output_dir)
     # A coefficient flag sets its variants' coefficient, never the base run's (where it may not
     # apply: KL needs its variant's norm mode).

@@ -1,31 +1,93 @@
 """What a study knows of its runs: each run dir's `study.json` record, read back and checked
-against the config asked (`check_reuse`), and how a record is said (`describe`)."""
+against the config asked (`check_reuse`), and how a record is said (`describe`).
+
+bnreg's own files are read back as untrusted input: a `study.json` that is not the record bnreg
+writes for that run (not an object, no or another status, another run's name, fields of the
+wrong type) is treated as absent (the run is trained again, resuming from its checkpoint, and
+the record rebuilt), with a line naming it; so is a finished run whose `results.json` is not
+bnreg's (`finished_problem`)."""
 import csv
 import json
 import os
 import shutil
 import time
 
+from bnreg_tf.files import json_kind
 from bnreg_tf.run import inputs, layout, rundir
 from bnreg_tf.run.config import ConfigError
 from bnreg_tf.study.variants import VARIANTS
 
 
-def _study_record(spec):
+_NUMBER = (int, float)
+_OK_FIELDS = {"seconds": _NUMBER, "steps": int, "val_accuracy": _NUMBER + (type(None),),
+              "test_accuracy": _NUMBER + (type(None),), "curves": (dict, type(None))}
+
+
+def record_problem(record, spec):
+    """Why `record` (parsed study.json) is not the record bnreg writes for `spec`, or None."""
+    if not isinstance(record, dict):
+        return f"holds {json_kind(record)}, not a record"
+    if "status" not in record:
+        return "has no status"
+    if record["status"] not in ("ok", "failed"):
+        return f"has status {record['status']!r}, not 'ok' or 'failed'"
+    if record.get("run") != spec.name:
+        return (f"is the record of run {record['run']!r}, not {spec.name!r}" if "run" in record
+                else "has no run name")
+    fields = _OK_FIELDS if record["status"] == "ok" else {"error": str}
+    for name, kinds in fields.items():
+        value = record.get(name, KeyError)
+        if value is KeyError and record["status"] == "ok" and name == "test_accuracy":
+            continue   # tuning runs are not scored on test
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"has no valid {name!r}"
+    return None
+
+
+def read_study_record(spec):
+    """`(record, problem)`: the run's study.json (None if absent or unusable) and why it could
+    not be used (None if it could, or was absent)."""
     path = os.path.join(spec.config.model_dir, layout.STUDY_RECORD)
     if not os.path.exists(path):
-        return None
+        return None, None
     try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError:
-        raise ConfigError(f"{path}: unreadable; delete it to score that run again") from None
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (ValueError, UnicodeDecodeError, OSError) as error:
+        return None, f"unreadable ({type(error).__name__})"
+    found = record_problem(record, spec)
+    return (None, found) if found else (record, None)
+
+
+def _study_record(spec, log=None):
+    """The run's usable study.json record or None; `log` gets a line when one was unusable."""
+    record, found = read_study_record(spec)
+    if found and log:
+        log(f"bnreg-study: {os.path.join(spec.config.model_dir, layout.STUDY_RECORD)} {found}; "
+            "the run is finished again and its record rebuilt")
+    return record
+
+
+def finished_problem(spec):
+    """Why a run recorded as finished cannot be reused (its results.json is not bnreg's), or
+    None: then the run is finished again (it resumes at its final evaluation and export)."""
+    path = os.path.join(spec.config.model_dir, layout.RESULTS)
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (ValueError, UnicodeDecodeError, OSError) as error:
+        return f"{path} is unreadable ({type(error).__name__})"
+    if not isinstance(results, dict) or not isinstance(results.get("steps"), int) or \
+            not isinstance(results.get("eval_accuracy"), _NUMBER):
+        return f"{path} is not bnreg's results"
+    return None
 
 
 def _finished(spec):
     """The stored record of a run that finished (ok) or failed (to be retried), else None."""
-    record = _study_record(spec)
-    return record if record and record.get("status") in ("ok", "failed") else None
+    return _study_record(spec)
 
 
 def changed_runs(study, runs=None):

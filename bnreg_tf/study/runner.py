@@ -23,11 +23,12 @@ import keras
 
 from bnreg_tf.data import pipeline
 from bnreg_tf.files import write_atomically
-from bnreg_tf.run import evaluate, inputs, layout, preemption, preflight, rundir, trainer
+from bnreg_tf.run import dirguard, evaluate, inputs, layout, preemption, preflight, rundir, trainer
 from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.strategies import is_chief
 from bnreg_tf.study.records import (_curves, _others, _record, _replace, _study_record,
-                                    check_reuse, describe)
+                                    check_reuse, describe, finished_problem,
+                                    read_study_record)
 from bnreg_tf.study.selection import final_runs
 from bnreg_tf.study.signal import _try_signal_propagation
 
@@ -47,6 +48,7 @@ def run_one(spec, strategy, output_dir, rerun_changed=False, log=print):
     (the error is recorded; the study goes on), or "busy" (another process holds the run).
     """
     chief = is_chief(strategy)
+    dirguard.check_inside(output_dir, spec.config.model_dir, "--output_dir")
     lock = rundir.RunLock(spec.config.model_dir, log) if chief else None
     try:
         if lock:
@@ -54,7 +56,7 @@ def run_one(spec, strategy, output_dir, rerun_changed=False, log=print):
     except rundir.RunDirBusy as error:
         return {**_record(spec), "status": "busy", "error": str(error)}
     try:
-        finished = _study_record(spec)   # read again under the lock: another process may be done
+        finished = _study_record(spec, log)   # read again under the lock: another may be done
         previous = rundir.read_config(spec.config.model_dir)
         if previous and rundir.first_difference(previous, spec.config):
             if not rerun_changed:
@@ -63,7 +65,10 @@ def run_one(spec, strategy, output_dir, rerun_changed=False, log=print):
                 _replace(spec, output_dir, log)
             finished = None
         if finished is not None and finished["status"] == "ok":
-            return {**finished, "skipped": True}
+            problem = finished_problem(spec)
+            if problem is None:
+                return {**finished, "skipped": True}
+            log(f"bnreg-study: {spec.name}: {problem}; the run is finished again to rebuild it")
         return _train_and_score(spec, strategy, chief)
     finally:
         if lock:
@@ -85,18 +90,8 @@ def _train_and_score(spec, strategy, chief):
         if "best_epoch" in results:
             record["best_epoch"] = results["best_epoch"]
         if results["export"]:   # the chief's; other workers only train
-            loaded = evaluate.load_saved_model(results["export"])
-            test_split = inputs.plan(config)[1].test
-            batches = pipeline.raw_dataset(config.dataset, test_split, config.data_dir,
-                                           config.download, config.eval_batch_size)
-            scores = evaluate.score(loaded, batches, 0.5, 5, config.seed)
-            record.update(
-                test_accuracy=scores["accuracy"], dropout_accuracy=scores["dropout_accuracy"],
-                dropout_drop=scores["dropout_drop"], embedding_norm_sq=scores["embedding_norm_sq"],
-                output_norm_sq=scores["output_norm_sq"])
-            if config.dataset == "cifar10":
-                record["cifar10_c"] = evaluate.cifar10_c(loaded, config.data_dir,
-                                                         config.eval_batch_size)["mean"]
+            with preemption.interruptible(f"while scoring run {spec.name}"):
+                _score(record, results["export"], config)
     except preemption.Preempted:
         raise
     except Exception as error:  # a failed run is reported; the study goes on
@@ -107,8 +102,24 @@ def _train_and_score(spec, strategy, chief):
     record["seconds"] = time.time() - start
     if chief:   # a failed run's record too: other shards see phase 1 as done; it is retried
         write_atomically(os.path.join(spec.config.model_dir, layout.STUDY_RECORD),
-                                json.dumps(record, indent=2))
+                         json.dumps(record, indent=2))
     return record
+
+
+def _score(record, export, config):
+    """The test-split scores of a run's export (as bnreg-eval), into `record`."""
+    loaded = evaluate.load_saved_model(export)
+    test_split = inputs.plan(config)[1].test
+    batches = pipeline.raw_dataset(config.dataset, test_split, config.data_dir,
+                                   config.download, config.eval_batch_size)
+    scores = evaluate.score(loaded, batches, 0.5, 5, config.seed)
+    record.update(
+        test_accuracy=scores["accuracy"], dropout_accuracy=scores["dropout_accuracy"],
+        dropout_drop=scores["dropout_drop"], embedding_norm_sq=scores["embedding_norm_sq"],
+        output_norm_sq=scores["output_norm_sq"])
+    if config.dataset == "cifar10":
+        record["cifar10_c"] = evaluate.cifar10_c(loaded, config.data_dir,
+                                                 config.eval_batch_size)["mean"]
 
 
 def _run_phase(runs, study, strategy, shard, rerun_changed, log):
@@ -176,6 +187,12 @@ def collect(study, log=print):
     lacks them (`signal_propagation`)."""
     check_reuse(study)
     _try_signal_propagation(study, log)
+    for spec in study.runs:
+        problem = read_study_record(spec)[1]
+        if problem:
+            log(f"bnreg-study: {os.path.join(spec.config.model_dir, layout.STUDY_RECORD)} "
+                f"{problem}; reported as pending: repeat the study without --report_only to "
+                "rebuild it")
     records = [_others(spec) for spec in study.runs]
     for record in records:
         record.pop("skipped", None)

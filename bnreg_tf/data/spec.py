@@ -34,6 +34,10 @@ class DatasetSpec:
     image_key: str = "image"
     label_key: str = "label"
     class_names: tuple = ()
+    recipe_note: str = ""      # why this size and augmentation (image folders)
+    skipped: tuple = ()        # ((file, reason), ...): bad image files left out (folders)
+    dropped_classes: tuple = ()   # empty class folders left out (folders)
+    ignored_files: int = 0     # files of class folders that are not images by their name
 
 
 def default_recipe(height, width, channels):

@@ -86,6 +86,13 @@ class RunConfig(_PenaltyFields):
     holdout_fraction: float = _field(0.1, "Holdout size [fraction of the training split] for "
                                      "datasets without a paper holdout (also the test share "
                                      "carved off when a dataset has no test split)", "data")
+    skip_bad_images: bool = _field(False, "--dataset=folder: leave out image files that cannot "
+                                   "be read (corrupt, truncated, not PNG/JPEG, a second link to "
+                                   "one file) instead of refusing them [bool]; they are counted "
+                                   "in the start-up summary and results.json", "data")
+    drop_empty_classes: bool = _field(False, "--dataset=folder: leave out class folders of "
+                                      "train/ that hold no image instead of refusing them "
+                                      "[bool]; the summary names them", "data")
     image_size: int = _field(0, "Training resolution [px]; 0 = the dataset's (or EfficientNet's) "
                              "native size", "data")
     augment: str = _field("auto", "Augmentation [choice]: auto, none, crop, crop_flip, goyal or "
@@ -261,6 +268,12 @@ def _check_combinations(config):
     _require(not config.early_stopping or config.holdout, "early_stopping",
              "--holdout too (the best epoch is chosen on the holdout, never on the test split)",
              config.early_stopping)
+    _require(not (config.dataset == "digits" and config.data_dir), "data_dir",
+             "no --data_dir with --dataset=digits (scikit-learn bundles it; nothing is read "
+             "from a data dir)", config.data_dir)
+    for name in ("skip_bad_images", "drop_empty_classes"):
+        _require(not getattr(config, name) or config.dataset == "folder", name,
+                 "--dataset=folder (it applies to image folders only)", getattr(config, name))
 
 
 def validate(config):

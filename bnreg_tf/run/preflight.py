@@ -5,8 +5,12 @@
 and its norm mode (the model table), `--model_dir`, `--init_from`'s checkpoint, the data plan
 (dataset spec and splits) and what the data allows. `preflight` adds the strategy's batch split
 and reads every split the run will read, so that missing data fails before the first write.
+An image folder's one pass over its files (`bnreg_tf.data.folder_scan`) happens when the data
+is planned; its bad files and empty classes are refused here unless --skip_bad_images /
+--drop_empty_classes allow them.
 Each failure is one `ConfigError` line naming the flag or file.
 """
+from bnreg_tf.data import folder
 from bnreg_tf.data.spec import DataError
 from bnreg_tf.run import inputs
 from bnreg_tf.run.config import ConfigError
@@ -24,6 +28,8 @@ def check(config):
         source_checkpoint(config)
     try:
         spec, splits = inputs.plan(config)   # an unknown name, a folder without train/, ...
+        if spec.source == "folder":
+            folder.check(config.data_dir, config.skip_bad_images, config.drop_empty_classes)
     except DataError as error:
         raise ConfigError(str(error)) from None
     if config.augment == "randaugment" and spec.channels != 3:

@@ -142,6 +142,9 @@ class RunConfig(_PenaltyFields):
     strategy: str = _field("default", "Distribution [choice]: default, one_device, mirrored, "
                            "multi_worker or tpu", "execution")
     tpu: str = _field("", "TPU address for --strategy=tpu [address] ('' = local)", "execution")
+    worker_timeout: int = _field(600, "How long --strategy=multi_worker waits for every task "
+                                 "of TF_CONFIG to come up before it gives up [seconds]",
+                                 "execution")
     virtual_cpus: int = _field(0, "Split the CPU into N logical devices [devices] (try "
                                "--strategy=mirrored on a CPU machine); 0 = as is", "execution")
     deterministic: bool = _field(False, "Enable TF deterministic ops [bool]", "execution")
@@ -240,6 +243,8 @@ def _check_numbers(config):
              config.holdout_fraction)
     _require(isinstance(config.seed, int) and 0 <= config.seed < 2 ** 32, "seed",
              "an integer in [0, 2^32)", config.seed)
+    _require(isinstance(config.worker_timeout, int) and config.worker_timeout >= 1,
+             "worker_timeout", "an integer >= 1 [seconds]", config.worker_timeout)
 
 
 def _check_schedule(config):

@@ -24,7 +24,8 @@ from bnreg_tf.run.config import ConfigError, RunConfig
 LOCK_NAME = layout.LOCK
 # Fields that may differ when a run is resumed: where data/outputs live and how it is executed.
 RESUMABLE_FIELDS = ("data_dir", "download", "export", "model_dir", "strategy", "tpu",
-                    "virtual_cpus", "eval_batch_size", "checkpoint_steps", "compilation")
+                    "virtual_cpus", "eval_batch_size", "checkpoint_steps", "compilation",
+                    "worker_timeout")
 
 
 class RunDirBusy(ConfigError):

@@ -15,6 +15,7 @@ from bnreg_tf.files import write_atomically
 from bnreg_tf.run.config import ConfigError
 
 FLAGS = flags.FLAGS
+MAX_DROPOUT_DRAWS = 1000
 
 
 def define_flags():
@@ -57,6 +58,7 @@ def main():
     for name in ("batch_size", "dropout_draws"):
         if FLAGS[name].value < 1:
             raise ConfigError(f"--{name}: expected an integer >= 1, got {FLAGS[name].value}")
+    _check_ranges()
     record = evaluate.dataset_record(FLAGS.saved_model)
     dataset = FLAGS.dataset or record.get("dataset")
     if not dataset:
@@ -82,6 +84,22 @@ def main():
     print(evaluate.format_report(results))
     print(f"bnreg-eval: wrote {output}")
     return 0
+
+
+def _check_ranges():
+    """What the other flags must hold (one line each), before anything is loaded."""
+    if FLAGS.dropout_draws > MAX_DROPOUT_DRAWS:
+        raise ConfigError(f"--dropout_draws: expected 1..{MAX_DROPOUT_DRAWS} masks (each is one "
+                          f"more pass of the classifier over the split), got "
+                          f"{FLAGS.dropout_draws}")
+    if FLAGS.max_examples < 0:
+        raise ConfigError(f"--max_examples: expected an integer >= 0 (0 = all), got "
+                          f"{FLAGS.max_examples}")
+    if not 0 <= FLAGS.seed < 2 ** 32:
+        raise ConfigError(f"--seed: expected an integer in [0, 2^32), got {FLAGS.seed}")
+    if FLAGS.dataset == "digits" and FLAGS.data_dir:
+        raise ConfigError("--data_dir: expected no --data_dir with --dataset=digits (scikit-learn "
+                          f"bundles it; nothing is read from a data dir), got {FLAGS.data_dir!r}")
 
 
 def run(argv=None):

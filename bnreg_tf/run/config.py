@@ -22,6 +22,9 @@ WEIGHT_DECAY_EXCLUDE = ("none", "batchnorm", "batchnorm_and_bias")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 ACTIVATIONS = ("relu", "swish")
 RANDAUGMENT_VARIANTS = ("reference", "corrected")  # efficientnet.augment_ops.VARIANTS
+FLOAT32_MAX = 3.4028234663852886e38   # every coefficient becomes a float32 tensor
+MAX_RANDAUGMENT_MAGNITUDE = 30.0      # the flag's documented range; the paper's B8: 28 (§5.12)
+MIN_IMAGE_SIZE = 8                    # px: the smallest images bnreg trains on (8x8 digits)
 
 
 class ConfigError(ValueError):
@@ -199,8 +202,9 @@ def _require(condition, flag, expected, got):
 
 def _finite_nonnegative(config, name):
     value = getattr(config, name)
-    _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
-             "a finite number >= 0", value)
+    _require(isinstance(value, (int, float)) and math.isfinite(value) and
+             0 <= value <= FLOAT32_MAX, name, "a finite number >= 0 (at most 3.4e38, float32)",
+             value)
 
 
 def _check_choices(config):
@@ -227,6 +231,13 @@ def _check_numbers(config):
     _require(0 < config.survival_prob <= 1, "survival_prob", "a probability in (0, 1]",
              config.survival_prob)
     _require(config.learning_rate > 0, "learning_rate", "a number > 0", config.learning_rate)
+    if config.lr_reference_batch:
+        scaled = config.learning_rate * config.batch_size / config.lr_reference_batch
+        _require(scaled <= FLOAT32_MAX, "learning_rate", "a rate that stays below 3.4e38 "
+                 "(float32) once scaled by --batch_size/--lr_reference_batch", config.learning_rate)
+    _require(config.randaugment_magnitude <= MAX_RANDAUGMENT_MAGNITUDE, "randaugment_magnitude",
+             "a magnitude in [0, 30] (the paper's EfficientNet-B8: 28)",
+             config.randaugment_magnitude)
     for name in ("label_smoothing", "momentum", "ema_decay"):
         _require(getattr(config, name) < 1, name, "a value in [0, 1)", getattr(config, name))
     _require(config.fixup_scalar_lr > 0 and math.isfinite(config.fixup_scalar_lr),
@@ -243,6 +254,8 @@ def _check_numbers(config):
              config.holdout_fraction)
     _require(isinstance(config.seed, int) and 0 <= config.seed < 2 ** 32, "seed",
              "an integer in [0, 2^32)", config.seed)
+    _require(config.image_size == 0 or config.image_size >= MIN_IMAGE_SIZE, "image_size",
+             f"0 (the data's or model's size) or at least {MIN_IMAGE_SIZE} px", config.image_size)
     _require(isinstance(config.worker_timeout, int) and config.worker_timeout >= 1,
              "worker_timeout", "an integer >= 1 [seconds]", config.worker_timeout)
 
@@ -253,6 +266,8 @@ def _check_schedule(config):
     except (ValueError, AttributeError):
         raise ConfigError(f"--decay_epochs: expected comma-separated numbers, got "
                           f"{config.decay_epochs!r}") from None
+    _require(all(math.isfinite(b) for b in boundaries), "decay_epochs", "finite epochs",
+             config.decay_epochs)
     if config.schedule == "goyal":
         _require(boundaries == sorted(boundaries) and all(b > 0 for b in boundaries),
                  "decay_epochs", "increasing positive epochs for the goyal schedule",

@@ -7,9 +7,11 @@ the WideResNets form a pattern, `wrn<depth>_<width>` (depth = 6n + 4), read in o
 """
 import dataclasses
 import functools
+import re
 
 import efficientnet
 import resnet
+from bnreg_tf.run import resources
 from bnreg_tf.run.config import ConfigError
 
 
@@ -73,6 +75,16 @@ def model_entry(name):
         resnet.build_wide_resnet, spec)), resnet.NORM_MODES)
 
 
+def wrn_spec(name):
+    """The `WideResNetSpec` of a WRN name, else None (`resnet.parse_wrn`, checked)."""
+    if name in MODELS:
+        return None
+    try:
+        return resnet.parse_wrn(name)
+    except ValueError:
+        return None
+
+
 def check_model(config):
     """The model and its norm, activation and Dropout settings fit together (one line each)."""
     entry = model_entry(config.model)
@@ -108,8 +120,32 @@ def build(name, *, num_classes, input_shape=None, **kwargs):
 
 def build_network(config, dataset_spec, image_size):
     """The `{"logits", "embedding"}` Keras model that `config` describes, for the data's
-    channels and classes."""
-    return build(config.model, num_classes=dataset_spec.num_classes,
-                 input_shape=(image_size, image_size, dataset_spec.channels), norm=config.norm,
-                 activation=config.activation, dropout=config.dropout,
-                 survival_prob=config.survival_prob, seed=config.seed, **config.penalties)
+    channels and classes. Out of memory while building, or a training batch whose layer outputs
+    cannot fit in memory: ConfigError (one line, the size asked for); the preflight's estimates
+    (`bnreg_tf.run.resources`) catch the larger requests before anything is written."""
+    import tensorflow as tf
+
+    try:
+        network = build(config.model, num_classes=dataset_spec.num_classes,
+                        input_shape=(image_size, image_size, dataset_spec.channels),
+                        norm=config.norm, activation=config.activation, dropout=config.dropout,
+                        survival_prob=config.survival_prob, seed=config.seed, **config.penalties)
+    except (MemoryError, tf.errors.ResourceExhaustedError) as error:
+        raise ConfigError(f"--model={config.model}: out of memory while building it for "
+                          f"{image_size}x{image_size}x{dataset_spec.channels} inputs and "
+                          f"{dataset_spec.num_classes} classes ({asked_for(error)})") from None
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync   # built in the run's scope
+    resources.check_activations(f"--batch_size={config.batch_size}", network,
+                                max(1, config.batch_size // replicas))
+    return network
+
+
+def asked_for(error):
+    """The allocation an out-of-memory error names ("a tensor of shape [3,3,640,640]")."""
+    text = " ".join(str(error).split())
+    found = re.search(r"(Unable to allocate [^ ]+ [^ ]+) for an array with shape (\([^)]*\))",
+                      text)
+    if found:
+        return f"{found.group(1)} for an array of shape {found.group(2)}"
+    found = re.search(r"OOM when allocating tensor with shape\s*(\[[^\]]*\])", text)
+    return f"a tensor of shape {found.group(1)}" if found else text[:120]

@@ -11,7 +11,6 @@ import re
 
 import efficientnet
 import resnet
-from bnreg_tf.run import resources
 from bnreg_tf.run.config import ConfigError
 
 
@@ -120,24 +119,20 @@ def build(name, *, num_classes, input_shape=None, **kwargs):
 
 def build_network(config, dataset_spec, image_size):
     """The `{"logits", "embedding"}` Keras model that `config` describes, for the data's
-    channels and classes. Out of memory while building, or a training batch whose layer outputs
-    cannot fit in memory: ConfigError (one line, the size asked for); the preflight's estimates
-    (`bnreg_tf.run.resources`) catch the larger requests before anything is written."""
+    channels and classes. Out of memory while building: ConfigError (one line, the size asked
+    for); the preflight's estimates (`bnreg_tf.run.resources`) refuse the larger requests
+    before anything is written."""
     import tensorflow as tf
 
     try:
-        network = build(config.model, num_classes=dataset_spec.num_classes,
-                        input_shape=(image_size, image_size, dataset_spec.channels),
-                        norm=config.norm, activation=config.activation, dropout=config.dropout,
-                        survival_prob=config.survival_prob, seed=config.seed, **config.penalties)
+        return build(config.model, num_classes=dataset_spec.num_classes,
+                     input_shape=(image_size, image_size, dataset_spec.channels),
+                     norm=config.norm, activation=config.activation, dropout=config.dropout,
+                     survival_prob=config.survival_prob, seed=config.seed, **config.penalties)
     except (MemoryError, tf.errors.ResourceExhaustedError) as error:
         raise ConfigError(f"--model={config.model}: out of memory while building it for "
                           f"{image_size}x{image_size}x{dataset_spec.channels} inputs and "
                           f"{dataset_spec.num_classes} classes ({asked_for(error)})") from None
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync   # built in the run's scope
-    resources.check_activations(f"--batch_size={config.batch_size}", network,
-                                max(1, config.batch_size // replicas))
-    return network
 
 
 def asked_for(error):

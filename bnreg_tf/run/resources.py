@@ -8,13 +8,13 @@ for instead of a crash, an out-of-memory traceback or a build that never ends.
 - WRN width: the parameters (counted as `resnet.wide_resnet` builds them: 3x3 convs, 1x1
   projections, the classifier) times 12 bytes (float32 weights, gradients and momentum) must
   fit in the machine's memory.
-- A batch, before the model is built: one training batch per replica of float32 inputs and
-  the first layer's 16 output channels (every model here has at least 16) must fit in memory,
-  and so must an evaluation batch. A lower bound of what a step needs, so it refuses only
-  impossible requests (`--batch_size=1000000000`, `--image_size=100000`).
-- A batch, once the network is built (its layers' output shapes are known, nothing has run):
-  the outputs of every layer for one training batch per replica, in float32, which training
-  keeps for the backward pass, must fit in memory.
+- A batch: one training batch per replica of float32 inputs and the first layer's 16 output
+  channels (every model here has at least 16) must fit in memory, and so must an evaluation
+  batch. A lower bound of what a step needs, so it refuses only impossible requests
+  (`--batch_size=1000000000`, `--image_size=100000`) and never a run that would fit; a batch
+  between this bound and what the step really needs still fails in TensorFlow's allocator.
+  (A sum of every layer's output shape was tried and dropped: it counts tensors that
+  TensorFlow fuses or frees, and it would have refused runs nobody had measured to fail.)
 Memory is the host's RAM, or the container's limit (cgroup) when lower; an accelerator's own
 memory is smaller still, so the check is lenient there.
 """
@@ -94,27 +94,3 @@ def check_batch(flag, images, image_size, channels, memory=None):
                           f"layer's {FIRST_LAYER_CHANNELS} channels), more than this machine's "
                           f"{size_text(memory)} of memory")
 
-
-def activation_elements(network):
-    """Elements of every layer's output for one example (the symbolic shapes of the model)."""
-    import keras
-
-    total = 0
-    for layer in network.layers:
-        for output in keras.tree.flatten(layer.output):
-            count = 1
-            for side in output.shape[1:]:
-                count *= int(side or 1)
-            total += count
-    return total
-
-
-def check_activations(flag, network, images, memory=None):
-    """ConfigError (one line) when the float32 outputs of every layer of `network` for
-    `images` examples do not fit in memory."""
-    memory = memory or memory_bytes()
-    asked = activation_elements(network) * images * 4
-    if asked > memory:
-        raise ConfigError(f"{flag}: {images} images through {network.name} keep about "
-                          f"{size_text(asked)} of layer outputs for the backward pass, more than "
-                          f"this machine's {size_text(memory)} of memory")

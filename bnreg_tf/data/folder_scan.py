@@ -110,8 +110,7 @@ def _part(data_dir, part, classes, seen, bad):
 
 def _grey_folder_cmyk(data_dir, train, test, bad):
     """The folder's channels (its first training image's); CMYK JPEGs of a grey folder become
-    bad entries (TensorFlow decodes them to colour only: observed, "Unsupported color
-    conversion request")."""
+    bad entries (TensorFlow decodes them to colour only: docs/references.md §8.13)."""
     first = min(((path, header) for entries in train.values() for path, header in entries),
                 default=None)
     if first is None or first[1].channels == 3:

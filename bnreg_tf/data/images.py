@@ -1,4 +1,5 @@
-"""What an image file's structure says, read without decoding it (standard library only).
+"""What an image file's structure says, read without decoding it (standard library only;
+the formats and what TensorFlow's decoders accept: docs/references.md §8.13).
 
 `read_header(path)` returns the image's `(height, width, channels)` or raises `BadImage` with
 one line saying what is wrong. It reads the file's structure, never its pixels:
@@ -7,11 +8,11 @@ one line saying what is wrong. It reads the file's structure, never its pixels:
   that ends before IEND is truncated; a wrong signature or IHDR is a garbage header.
 - JPEG (ITU-T T.81, Annex B): the SOI marker, the marker segments up to the frame header (SOF:
   height, width, components), and the EOI marker that ends the data. TensorFlow's decoder
-  refuses a JPEG without EOI (observed: "Invalid JPEG data"), so a missing EOI is a truncated
+  refuses a JPEG without EOI ("Invalid JPEG data"), so a missing EOI is a truncated
   file; data after EOI is allowed (the decoder ignores it), found by scanning from the start
   of the scan only when the file does not end with EOI.
-Channels: PNG grey and grey+alpha are 1, the others 3; JPEG 1 component is 1, 3 or 4 (CMYK)
-are 3. A 4-component (CMYK) JPEG decodes to 3 channels only (`cmyk` in the result).
+Channels: PNG grey and grey+alpha are 1, the other colour types 3; a JPEG of 1 component is 1,
+of 3 or 4 (CMYK) components 3. A 4-component (CMYK) JPEG decodes to 3 channels only (`cmyk` in the result).
 Anything else (GIF, BMP, WebP, text under a .jpg/.png name) is a `BadImage`.
 """
 import dataclasses

@@ -1,8 +1,8 @@
 """The tasks of a multi-worker cluster meet before TensorFlow connects them, within a bound.
 
 `tf.distribute.MultiWorkerMirroredStrategy()` waits in C++ for every task of TF_CONFIG to
-connect, for ever, holding Python's interpreter lock: neither SIGTERM nor a Python timer can
-stop it (observed: 14 minutes, then SIGKILL). So each task first listens on its own TF_CONFIG
+connect, for ever: neither SIGTERM nor a Python watchdog thread stopped it (observed: 14
+minutes, then SIGKILL; docs/references.md §8.14). So each task first listens on its own TF_CONFIG
 port with a plain socket and connects to every other chief/worker address, retrying, until all
 answer or `seconds` have passed (then one line naming the missing ones). A peer answers either
 from this rendezvous or from its TensorFlow server, which takes the same port once the peer's

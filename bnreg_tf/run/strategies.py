@@ -100,9 +100,10 @@ def check_tf_config(text):
         raise ConfigError(f"{prefix}'s task type must be one of {sorted(cluster)}, got "
                           f"{task.get('type') if isinstance(task, dict) else task!r}")
     index = task.get("index", 0)
-    if isinstance(index, bool) or not isinstance(index, int) or \
-            not 0 <= index < len(cluster[task["type"]]):
-        raise ConfigError(f"{prefix}'s task index {index!r} is not an integer index into the "
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ConfigError(f"{prefix}'s task index {index!r} is not an integer")
+    if not 0 <= index < len(cluster[task["type"]]):
+        raise ConfigError(f"{prefix}'s task index {index!r} is outside the "
                           f"{len(cluster[task['type']])} {task['type']} task(s) of the cluster")
     _check_hosts(prefix, [a.rsplit(":", 1)[0] for v in cluster.values() for a in v])
     return spec

@@ -287,17 +287,17 @@ def test_lock_write_failure_is_one_error_and_releases_the_lock(tmp_path, monkeyp
     """A full disk while writing the holder's line: ConfigError, and the lock is free again."""
     import errno
 
-    from bnreg_tf.run import rundir
+    from bnreg_tf.run import runlock
     from bnreg_tf.run.config import ConfigError
 
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(rundir.os, "write", full)
+        patch.setattr(runlock.os, "write", full)
         with pytest.raises(ConfigError, match="cannot write .*bnreg.lock .No space left on device"):
-            rundir.RunLock(str(tmp_path)).acquire()
-    with rundir.RunLock(str(tmp_path)):   # not held by a leaked descriptor
+            runlock.RunLock(str(tmp_path)).acquire()
+    with runlock.RunLock(str(tmp_path)):   # not held by a leaked descriptor
         pass
 
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from bnreg_tf.files import WriteFailed, staging_path, write_atomically
-from bnreg_tf.run import checkpoints, rundir, stop
+from bnreg_tf.run import checkpoints, rundir, runlock, stop
 from bnreg_tf.run.config import ConfigError
 from tests.runs import digests, plant
 
@@ -79,7 +79,7 @@ def test_a_lock_file_shared_by_a_hard_link_is_refused(tmp_path):
     (tmp_path / "elsewhere").write_text("someone's file")
     os.link(tmp_path / "elsewhere", tmp_path / "run" / "bnreg.lock")
     with pytest.raises(ConfigError, match="is a hard link .2 names; bnreg writes it in place."):
-        rundir.RunLock(str(tmp_path / "run")).acquire()
+        runlock.RunLock(str(tmp_path / "run")).acquire()
     assert (tmp_path / "elsewhere").read_text() == "someone's file"
 
 

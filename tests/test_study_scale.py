@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from bnreg_tf.run.rundir import RunLock
+from bnreg_tf.run.runlock import RunLock
 from tests.test_distributed import _env, launch_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

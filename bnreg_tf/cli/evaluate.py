@@ -15,6 +15,7 @@ from bnreg_tf.files import write_atomically
 from bnreg_tf.run.config import ConfigError
 
 FLAGS = flags.FLAGS
+MAX_DROPOUT_DRAWS = 1000
 
 
 def define_flags():
@@ -39,8 +40,11 @@ def define_flags():
     flags.DEFINE_integer("seed", 0, "Seed of the dropout masks [integer]")
     flags.DEFINE_string("output", "", "JSON path [path] (default '': eval_<dataset>.json beside "
                         "the SavedModel)")
+    flags.DEFINE_bool("skip_bad_images", None, "--dataset=folder: leave out image files that "
+                      "cannot be read instead of refusing them [bool] (default: as the training "
+                      "run did, from the export's dataset.json)")
     set_group("model", "saved_model")
-    set_group("data", "dataset", "data_dir", "holdout", "max_examples")
+    set_group("data", "dataset", "data_dir", "holdout", "max_examples", "skip_bad_images")
     set_group("evaluation", "dropout_rate", "dropout_draws", "cifar10_c", "seed")
     set_group("execution", "batch_size")
     set_group("output", "output")
@@ -57,6 +61,7 @@ def main():
     for name in ("batch_size", "dropout_draws"):
         if FLAGS[name].value < 1:
             raise ConfigError(f"--{name}: expected an integer >= 1, got {FLAGS[name].value}")
+    _check_ranges()
     record = evaluate.dataset_record(FLAGS.saved_model)
     dataset = FLAGS.dataset or record.get("dataset")
     if not dataset:
@@ -71,6 +76,7 @@ def main():
     initialize_devices()
     loaded = evaluate.load_saved_model(FLAGS.saved_model)
     split = evaluate.split_to_score(dataset, data_dir, record, FLAGS.holdout)
+    _check_data(loaded, dataset, data_dir, record)
     limit = FLAGS.max_examples or None
     batches = pipeline.raw_dataset(dataset, split, data_dir, False, FLAGS.batch_size, limit)
     results = {"saved_model": os.path.abspath(FLAGS.saved_model), "dataset": dataset,
@@ -82,6 +88,39 @@ def main():
     print(evaluate.format_report(results))
     print(f"bnreg-eval: wrote {output}")
     return 0
+
+
+def _check_ranges():
+    """What the other flags must hold (one line each), before anything is loaded."""
+    if FLAGS.dropout_draws > MAX_DROPOUT_DRAWS:
+        raise ConfigError(f"--dropout_draws: expected 1..{MAX_DROPOUT_DRAWS} masks (each is one "
+                          f"more pass of the classifier over the split), got "
+                          f"{FLAGS.dropout_draws}")
+    if FLAGS.max_examples < 0:
+        raise ConfigError(f"--max_examples: expected an integer >= 0 (0 = all), got "
+                          f"{FLAGS.max_examples}")
+    if not 0 <= FLAGS.seed < 2 ** 32:
+        raise ConfigError(f"--seed: expected an integer in [0, 2^32), got {FLAGS.seed}")
+    if FLAGS.dataset == "digits" and FLAGS.data_dir:
+        raise ConfigError("--data_dir: expected no --data_dir with --dataset=digits (scikit-learn "
+                          f"bundles it; nothing is read from a data dir), got {FLAGS.data_dir!r}")
+    if FLAGS.skip_bad_images is not None and (FLAGS.dataset or "folder") != "folder":
+        raise ConfigError("--skip_bad_images: expected --dataset=folder (it applies to image "
+                          "folders only)")
+
+
+def _check_data(loaded, dataset, data_dir, record):
+    """The data fits the export (channels), then, for a folder, its bad files and empty classes
+    are allowed (as the training run allowed them, unless --skip_bad_images says otherwise)."""
+    from bnreg_tf.data import catalog, folder
+    from bnreg_tf.run import evaluate
+
+    evaluate.check_data_fits(loaded, FLAGS.saved_model, dataset, catalog.spec(dataset, data_dir))
+    if dataset == "folder":
+        own = record.get("dataset") == "folder"
+        skip = FLAGS.skip_bad_images if FLAGS.skip_bad_images is not None else \
+            own and bool(record.get("skip_bad_images"))
+        folder.check(data_dir, skip, own and bool(record.get("drop_empty_classes")))
 
 
 def run(argv=None):

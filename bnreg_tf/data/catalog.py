@@ -17,10 +17,12 @@ A training split is laid out `[train | holdout | carved test]`. With `holdout=Tr
 default) training uses the first part and validation the holdout; with `holdout=False` training
 also uses the holdout and there is no validation. The test split is scored once, at the end.
 """
+import contextlib
 import functools
 import os
+import re
 
-from bnreg_tf.data import digits, folder
+from bnreg_tf.data import digits, folder, network
 from bnreg_tf.data.spec import (IMAGENET_NORMALIZATION, DataError, DatasetSpec, Splits,
                                 default_recipe)
 
@@ -97,13 +99,13 @@ def plan(name, data_dir="", download=False, holdout=True, holdout_examples=0,
     return dataset, plan_splits(dataset, holdout, holdout_examples, holdout_fraction)
 
 
-def manual_dir(data_dir):
-    return os.path.join(os.path.expanduser(data_dir or "~/tensorflow_datasets"), "downloads",
-                        "manual")
-
-
 def _where(data_dir):
-    return data_dir or "~/tensorflow_datasets"
+    """The data dir TFDS reads: --data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+
+
+def manual_dir(data_dir):
+    return os.path.join(os.path.expanduser(_where(data_dir)), "downloads", "manual")
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,7 +125,7 @@ def _tfds_spec(name, data_dir, download):
         builder = tfds.builder(name, data_dir=data_dir or None)
     except Exception as error:  # DatasetNotFoundError, bad config names, ...
         raise DataError(f"--dataset: {name!r} is neither one of {', '.join(DATASETS)}, "
-                        f"'{FOLDER}' nor a TFDS dataset ({_first_line(error)})") from None
+                        f"'{FOLDER}' nor a TFDS dataset ({_reason(error)})") from None
     info = builder.info
     keys = info.supervised_keys or ("image", "label")
     image_key, label_key = (keys if isinstance(keys[0], str) else ("image", "label"))[:2]
@@ -159,9 +161,21 @@ def _count(name, split, data_dir, download, image_key, label_key):
     return int(dataset.reduce(0, lambda count, _: count + 1))
 
 
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+_NOT_PREPARED = re.compile(r"could not find data in (\S+?)\.?(\s|$)")
+
+
+def _reason(error, limit=160):
+    """What a TFDS error says, in a few whole words: its first sentence, cut at a word."""
+    text = " ".join(str(error).split())
+    missing = _NOT_PREPARED.search(text)
+    if missing:
+        return f"no prepared copy in {missing.group(1)}"
+    if not text:
+        return type(error).__name__
+    sentence = re.split(r"(?<=[.!?])\s", text)[0]
+    if len(sentence) <= limit:
+        return sentence
+    return sentence[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def load(name, split, data_dir="", download=False, encoded=False):
@@ -192,22 +206,50 @@ def load(name, split, data_dir="", download=False, encoded=False):
     return _load_tfds(name, split, data_dir, download, dataset.image_key, dataset.label_key)
 
 
+def _check_network(name, data_dir):
+    """With --download, a dataset that is not prepared yet needs the network (unless its files
+    are a manual download, as ImageNet's): fail in seconds when there is none
+    (`network.check_reachable`)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        with _quiet_absl():   # tfds warns about an empty variant folder
+            builder = tfds.builder(name, data_dir=data_dir or None)
+            needs_network = not (builder.is_prepared() or
+                                 getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+    except Exception:  # an unknown name: the load itself says so
+        return
+    if needs_network:
+        network.check_reachable(name.split("/")[0])
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
 def _load_tfds(tfds_name, split, data_dir="", download=False, image_key="image",
                label_key="label", encoded=False):
     import tensorflow_datasets as tfds
 
+    if download:
+        _check_network(tfds_name, data_dir)
     data_dir = data_dir or None
     kwargs = {"decoders": {image_key: tfds.decode.SkipDecoding()}} if encoded else {}
     if download and tfds_name.startswith("imagenet2012"):
         kwargs["download_and_prepare_kwargs"] = {
             "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir(data_dir))}
-    from absl import logging as absl_logging
-
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)  # tfds warns about empty folders first
-    try:
-        dataset = tfds.load(tfds_name, split=split, data_dir=data_dir, download=download,
-                            **kwargs)
+    try:   # quiet: tfds warns about empty folders first
+        with _quiet_absl(), network.stall_timeout():
+            dataset = tfds.load(tfds_name, split=split, data_dir=data_dir, download=download,
+                                **kwargs)
     except Exception as error:  # tfds raises AssertionError, FileNotFoundError, ...
         where = _where(data_dir)
         if tfds_name.startswith("imagenet2012"):
@@ -215,8 +257,7 @@ def _load_tfds(tfds_name, split, data_dir="", download=False, image_key="image",
         else:
             hint = (f"prepare it once with `tfds build {tfds_name.split('/')[0]} --data_dir={where}` "
                     "on a machine with network, or pass --download")
-        raise DataError(f"--dataset={tfds_name} (--data_dir={where}): cannot read split "
-                        f"{split!r} ({_first_line(error)}); {hint}") from None
-    finally:
-        absl_logging.set_verbosity(verbosity)
+        source = "" if data_dir or not os.environ.get("TFDS_DATA_DIR") else " from TFDS_DATA_DIR"
+        raise DataError(f"--dataset={tfds_name} (--data_dir={where}{source}): cannot read split "
+                        f"{split!r} ({_reason(error)}); {hint}") from None
     return dataset.map(lambda ex: {"image": ex[image_key], "label": ex[label_key]})

@@ -35,6 +35,10 @@ class DatasetSpec:
     label_key: str = "label"
     class_names: tuple = ()
     encoded_jpeg: bool = False    # stored as JPEG files, readable as bytes (catalog.load)
+    recipe_note: str = ""      # why this size and augmentation (image folders)
+    skipped: tuple = ()        # ((file, reason), ...): bad image files left out (folders)
+    dropped_classes: tuple = ()   # empty class folders left out (folders)
+    ignored_files: int = 0     # files of class folders that are not images by their name
 
 
 def default_recipe(height, width, channels):

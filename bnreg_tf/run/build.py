@@ -150,8 +150,9 @@ def build_run(config, strategy, log=print, plan=None):
         check_index(os.path.join(write_dir, layout.BEST_DIR), log)
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
     init_from = ""
-    if not latest and config.init_from:
-        init_from = restore_init_from(config, network)
+    if not latest and config.init_from:   # by layer name: penalties and Dropout may differ
+        init_from, note = restore_init_from(config, network)
+        (log if chief else silent)(note)
     return Run(config, strategy, trainer, network, optimizer, preprocessing, manager,
                steps_per_epoch, splits.train, splits.validation, start_step, write_dir,
                epoch_metrics, splits, init_from, history, latest or "")

@@ -1,40 +1,25 @@
 """One frozen configuration per run; absl flags mirror every field (`bnreg_tf.run.flags`).
 
-A `RunConfig` checks itself when it is made (`validate`, from `__post_init__`): an unknown or
-inconsistent value raises a `ConfigError` whose one-line message names the flag and what it
-expects; the binaries turn it into exit status 2. The checks need no file, data, model or
+A `RunConfig` checks itself when it is made (`bnreg_tf.run.config_checks.validate`, from
+`__post_init__`): an unknown or inconsistent value raises a `ConfigError` whose one-line message
+names the flag and what it expects; the binaries turn it into exit status 2. The checks need no file, data, model or
 TensorFlow: what does (the model name, the data, `--init_from`, the model dir) is checked once
 per run by `bnreg_tf.run.preflight`. The penalties' fields come from the penalty table
 (`bnreg_tf.nn.PENALTIES`): one float field per row, with the row's help text.
 """
 import dataclasses
 import json
-import math
 
 from bnreg_tf.nn import revisions
 from bnreg_tf.nn.penalty_table import PENALTIES
+from bnreg_tf.run.config_checks import ConfigError, validate
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-COMPILATION = ("auto", "xla", "graph")
-SCHEDULES = ("constant", "cosine", "goyal", "efficientnet")
-OPTIMIZERS = ("sgd", "rmsprop_reference")
-AUGMENTATIONS = ("auto", "none", "crop", "crop_flip", "goyal", "randaugment")
-WEIGHT_DECAY_EXCLUDE = ("none", "batchnorm", "batchnorm_and_bias")
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-ACTIVATIONS = ("relu", "swish")
-RANDAUGMENT_VARIANTS = ("reference", "corrected")  # efficientnet.augment_ops.VARIANTS
-EVAL_CROPS = ("crop_fraction", "crop_padding")  # efficientnet.input_pipeline.EVAL_CROPS
-SKIP_GAIN_NORMS = ("skipinit", "nf_resnet")
 # What a config.json written before a field existed implies, where it is not the field's
 # default: what that run computed. Without `revision` it is revision 1 (`bnreg_tf.nn.revisions`).
 LEGACY_VALUES = {"revision": 1}
 # The survival_prob every run had by default before `revision` existed (ResNets ignored it; it
 # was EfficientNet's reference value): such a config.json reads it as today's default, -1.
 LEGACY_SURVIVAL_PROB = 0.8
-
-
-class ConfigError(ValueError):
-    """A bad flag or config value; the message is one line naming the flag."""
 
 
 def _field(default, text, group):
@@ -105,6 +90,13 @@ class RunConfig(_PenaltyFields):
     holdout_fraction: float = _field(0.1, "Holdout size [fraction of the training split] for "
                                      "datasets without a paper holdout (also the test share "
                                      "carved off when a dataset has no test split)", "data")
+    skip_bad_images: bool = _field(False, "--dataset=folder: leave out image files that cannot "
+                                   "be read (corrupt, truncated, not PNG/JPEG, a second link to "
+                                   "one file) instead of refusing them [bool]; they are counted "
+                                   "in the start-up summary and results.json", "data")
+    drop_empty_classes: bool = _field(False, "--dataset=folder: leave out class folders of "
+                                      "train/ that hold no image instead of refusing them "
+                                      "[bool]; the summary names them", "data")
     image_size: int = _field(0, "Training resolution [px]; 0 = the dataset's (or EfficientNet's) "
                              "native size", "data")
     augment: str = _field("auto", "Augmentation [choice]: auto, none, crop, crop_flip, goyal or "
@@ -158,6 +150,9 @@ class RunConfig(_PenaltyFields):
     strategy: str = _field("default", "Distribution [choice]: default, one_device, mirrored, "
                            "multi_worker or tpu", "execution")
     tpu: str = _field("", "TPU address for --strategy=tpu [address] ('' = local)", "execution")
+    worker_timeout: int = _field(600, "How long --strategy=multi_worker waits for every task "
+                                 "of TF_CONFIG to come up before it gives up [seconds]",
+                                 "execution")
     virtual_cpus: int = _field(0, "Split the CPU into N logical devices [devices] (try "
                                "--strategy=mirrored on a CPU machine); 0 = as is", "execution")
     deterministic: bool = _field(False, "Enable TF deterministic ops [bool]", "execution")
@@ -210,104 +205,3 @@ class RunConfig(_PenaltyFields):
     def penalties(self):
         """`{name: coefficient}` of every penalty of `bnreg_tf.nn.PENALTIES`."""
         return {name: getattr(self, name) for name in PENALTIES}
-
-
-def _require(condition, flag, expected, got):
-    if not condition:
-        raise ConfigError(f"--{flag}: expected {expected}, got {got!r}")
-
-
-def _finite_nonnegative(config, name):
-    value = getattr(config, name)
-    _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name,
-             "a finite number >= 0", value)
-
-
-def _check_choices(config):
-    for name, choices in (("precision", PRECISIONS), ("compilation", COMPILATION),
-                          ("schedule", SCHEDULES), ("optimizer", OPTIMIZERS),
-                          ("augment", AUGMENTATIONS), ("strategy", STRATEGIES),
-                          ("activation", ACTIVATIONS),
-                          ("randaugment_variant", RANDAUGMENT_VARIANTS),
-                          ("eval_crop", EVAL_CROPS),
-                          ("weight_decay_exclude", WEIGHT_DECAY_EXCLUDE)):
-        _require(getattr(config, name) in choices, name, f"one of {', '.join(choices)}",
-                 getattr(config, name))
-    for name in ("model", "norm", "dataset"):
-        _require(isinstance(getattr(config, name), str) and getattr(config, name), name,
-                 f"a {name} name", getattr(config, name))
-    _require(config.revision in (0, *revisions.REVISIONS), "revision",
-             f"0 (the newest) or one of {', '.join(map(str, revisions.REVISIONS))}",
-             config.revision)
-
-
-def _check_numbers(config):
-    for name in (*PENALTIES, "weight_decay", "label_smoothing", "learning_rate",
-                 "warmup_epochs", "decay_rate", "momentum", "ema_decay",
-                 "randaugment_magnitude", "agc"):
-        _finite_nonnegative(config, name)
-    _require(config.dropout == -1 or 0 <= config.dropout < 1, "dropout", "a rate in [0, 1) or -1",
-             config.dropout)
-    _require(config.survival_prob == -1 or 0 < config.survival_prob <= 1, "survival_prob",
-             "a probability in (0, 1] or -1", config.survival_prob)
-    _require(math.isfinite(config.skipinit_gain), "skipinit_gain", "a finite number",
-             config.skipinit_gain)
-    _require(config.learning_rate > 0, "learning_rate", "a number > 0", config.learning_rate)
-    for name in ("label_smoothing", "momentum", "ema_decay"):
-        _require(getattr(config, name) < 1, name, "a value in [0, 1)", getattr(config, name))
-    _require(config.fixup_scalar_lr > 0 and math.isfinite(config.fixup_scalar_lr),
-             "fixup_scalar_lr", "a number > 0", config.fixup_scalar_lr)
-    for name in ("epochs", "batch_size", "eval_batch_size", "norm_probe_size",
-                 "randaugment_layers"):
-        _require(isinstance(getattr(config, name), int) and getattr(config, name) >= 1, name,
-                 "an integer >= 1", getattr(config, name))
-    for name in ("steps_per_epoch", "checkpoint_steps", "image_size", "lr_reference_batch",
-                 "virtual_cpus", "holdout_examples"):
-        _require(isinstance(getattr(config, name), int) and getattr(config, name) >= 0, name,
-                 "an integer >= 0", getattr(config, name))
-    _require(0 < config.holdout_fraction < 1, "holdout_fraction", "a fraction in (0, 1)",
-             config.holdout_fraction)
-    _require(isinstance(config.seed, int) and 0 <= config.seed < 2 ** 32, "seed",
-             "an integer in [0, 2^32)", config.seed)
-
-
-def _check_schedule(config):
-    try:
-        boundaries = config.decay_boundaries
-    except (ValueError, AttributeError):
-        raise ConfigError(f"--decay_epochs: expected comma-separated numbers, got "
-                          f"{config.decay_epochs!r}") from None
-    if config.schedule == "goyal":
-        _require(boundaries == sorted(boundaries) and all(b > 0 for b in boundaries),
-                 "decay_epochs", "increasing positive epochs for the goyal schedule",
-                 config.decay_epochs)
-    if config.schedule == "efficientnet":
-        _require(len(boundaries) == 1 and boundaries[0] > 0, "decay_epochs",
-                 "one positive decay period (e.g. 2.4) for the efficientnet schedule",
-                 config.decay_epochs)
-
-
-def _check_combinations(config):
-    _require(config.ema_decay == 0 or config.optimizer == "rmsprop_reference", "ema_decay",
-             "0 unless --optimizer=rmsprop_reference", config.ema_decay)
-    for row in PENALTIES.values():
-        _require(not getattr(config, row.name) or not row.norms or config.norm in row.norms,
-                 row.name, f"0 unless --norm={' or --norm='.join(row.norms)}",
-                 getattr(config, row.name))
-    _require(not config.skipinit_gain or config.norm in SKIP_GAIN_NORMS, "skipinit_gain",
-             f"0 unless --norm={' or --norm='.join(SKIP_GAIN_NORMS)}", config.skipinit_gain)
-    _require(not config.early_stopping or config.holdout, "early_stopping",
-             "--holdout too (the best epoch is chosen on the holdout, never on the test split)",
-             config.early_stopping)
-
-
-def validate(config):
-    """Raises ConfigError naming the first bad flag; returns the config when it is consistent.
-
-    Pure: no file, data, model or TensorFlow is touched (`RunConfig` calls it when it is made).
-    """
-    _check_choices(config)
-    _check_numbers(config)
-    _check_schedule(config)
-    _check_combinations(config)
-    return config

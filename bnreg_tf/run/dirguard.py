@@ -128,7 +128,7 @@ def undo_on_failure(root, active=True):
     """A fresh run dir's start-up, all or nothing: if the block raises (a refused --init_from,
     bad data, a signal, a full disk), each of bnreg's entries it created in `root` is removed
     again (a link as a link), so the same command can be repeated once the cause is fixed. The
-    lock file stays (it is never deleted: `rundir.RunLock`). Inactive unless `active`."""
+    lock file stays (it is never deleted: `runlock.RunLock`). Inactive unless `active`."""
     if not active:
         yield
         return

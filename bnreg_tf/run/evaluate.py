@@ -39,6 +39,33 @@ def dataset_record(path):
     return export_record.read(path)
 
 
+def input_spec(loaded):
+    """The `TensorSpec` of the images the export's `serve` signature takes (uint8
+    [B, H, W, C])."""
+    signature = loaded.signatures.get("serve") or loaded.signatures.get("serving_default")
+    if signature is None:
+        return None
+    _, inputs = signature.structured_input_signature
+    return next(iter(inputs.values()), None)
+
+
+def check_data_fits(loaded, saved_model, dataset, spec):
+    """ConfigError (one line) unless the images of `dataset` (its DatasetSpec `spec`) have the
+    rank and channels of the export's `serve` signature; checked before any image is scored."""
+    expected = input_spec(loaded)
+    if expected is None or expected.shape.rank != 4:
+        raise ConfigError(f"--saved_model={saved_model}: its serve signature does not take "
+                          "[batch, height, width, channels] images (not a bnreg export)")
+    channels = expected.shape[-1]
+    if channels is not None and channels != spec.channels:
+        kinds = {1: "grey", 3: "RGB"}
+        raise ConfigError(f"--dataset={dataset}: its images have {spec.channels} channel"
+                          f"{'s' if spec.channels != 1 else ''} ({kinds.get(spec.channels, '?')})"
+                          f", the SavedModel takes {channels} ({kinds.get(channels, '?')}: "
+                          f"uint8 [batch, height, width, {channels}]); score it on data like "
+                          "the data it was trained on")
+
+
 def split_to_score(dataset, data_dir, record, holdout=False):
     """The split bnreg-eval scores: the run's own test (or holdout) split when `dataset` is the
     one it trained on (checked against the dataset's splits), else that dataset's test split

@@ -3,7 +3,7 @@
 A run directory (`--model_dir`, written by `bnreg_tf.run.trainer`):
 
     config.json          the resolved RunConfig: the run's identity (rundir.check_model_dir)
-    bnreg.lock           the one writer's lock (rundir.RunLock)
+    bnreg.lock           the one writer's lock (runlock.RunLock)
     checkpoints/         tf.train.CheckpointManager: model, optimizer, the epoch's metrics
     log.csv              one row per epoch (callbacks.EpochLog)
     tensorboard/         train/ and validation/ scalars, HParams (callbacks.TensorBoardLog)

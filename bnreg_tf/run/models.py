@@ -7,6 +7,7 @@ the WideResNets form a pattern, `wrn<depth>_<width>` (depth = 6n + 4), read in o
 """
 import dataclasses
 import functools
+import re
 
 import efficientnet
 import resnet
@@ -79,6 +80,16 @@ def model_entry(name):
         resnet.build_wide_resnet, spec)), resnet.NORM_MODES)
 
 
+def wrn_spec(name):
+    """The `WideResNetSpec` of a WRN name, else None (`resnet.parse_wrn`, checked)."""
+    if name in MODELS:
+        return None
+    try:
+        return resnet.parse_wrn(name)
+    except ValueError:
+        return None
+
+
 def check_model(config):
     """The model and its norm, activation and Dropout settings fit together (one line each)."""
     entry = model_entry(config.model)
@@ -115,9 +126,29 @@ def build(name, *, num_classes, input_shape=None, **kwargs):
 
 def build_network(config, dataset_spec, image_size):
     """The `{"logits", "embedding"}` Keras model that `config` describes, for the data's
-    channels and classes."""
-    return build(config.model, num_classes=dataset_spec.num_classes,
-                 input_shape=(image_size, image_size, dataset_spec.channels), norm=config.norm,
-                 activation=config.activation, dropout=config.dropout,
-                 survival_prob=config.survival_prob, skipinit_gain=config.skipinit_gain,
-                 revision=config.model_revision, seed=config.seed, **config.penalties)
+    channels and classes. Out of memory while building: ConfigError (one line, the size asked
+    for); the preflight's estimates (`bnreg_tf.run.resources`) refuse the larger requests
+    before anything is written."""
+    import tensorflow as tf
+
+    try:
+        return build(config.model, num_classes=dataset_spec.num_classes,
+                     input_shape=(image_size, image_size, dataset_spec.channels),
+                     norm=config.norm, activation=config.activation, dropout=config.dropout,
+                     survival_prob=config.survival_prob, skipinit_gain=config.skipinit_gain,
+                     revision=config.model_revision, seed=config.seed, **config.penalties)
+    except (MemoryError, tf.errors.ResourceExhaustedError) as error:
+        raise ConfigError(f"--model={config.model}: out of memory while building it for "
+                          f"{image_size}x{image_size}x{dataset_spec.channels} inputs and "
+                          f"{dataset_spec.num_classes} classes ({asked_for(error)})") from None
+
+
+def asked_for(error):
+    """The allocation an out-of-memory error names ("a tensor of shape [3,3,640,640]")."""
+    text = " ".join(str(error).split())
+    found = re.search(r"(Unable to allocate [^ ]+ [^ ]+) for an array with shape (\([^)]*\))",
+                      text)
+    if found:
+        return f"{found.group(1)} for an array of shape {found.group(2)}"
+    found = re.search(r"OOM when allocating tensor with shape\s*(\[[^\]]*\])", text)
+    return f"a tensor of shape {found.group(1)}" if found else text[:120]

@@ -135,6 +135,7 @@ def summary(run, config_path):
         f"bnreg: {config.model}, norm {config.norm} (revision {config.model_revision}), on "
         f"{data}",
         f"  input: augment {run.preprocessing.augment}, normalisation {norm}",
+        *data_notes(config, spec, size, run.preprocessing.augment),
         f"  penalties: {', '.join(penalties) or 'none'}",
         f"  training: batch {config.batch_size}, {config.epochs} epochs x {run.steps_per_epoch} "
         f"steps, {config.optimizer} lr {config.learning_rate:g} ({config.schedule}), seed "
@@ -147,6 +148,31 @@ def summary(run, config_path):
         lines.append(f"  weights from: {run.init_from} (--init_from)")
     lines.append(f"  config: {config_path}")
     return "\n".join(lines)
+
+
+def data_notes(config, spec, size, augment):
+    """The summary's lines on an image folder: why this size and augmentation, and what the
+    one pass over its files left out (`bnreg_tf.data.folder_scan`)."""
+    if spec.source != "folder":
+        return []
+    given = [f"--{name}" for name, value in (("image_size", config.image_size),
+                                              ("augment", config.augment != "auto")) if value]
+    why = spec.recipe_note if not given else \
+        f"{size} px, augment {augment}, as {' and '.join(given)} asked ({spec.recipe_note})"
+    lines = [f"  images: {why}"]
+    if spec.skipped:
+        shown = "; ".join(f"{path} ({reason})" for path, reason in spec.skipped[:3])
+        more = f"; and {len(spec.skipped) - 3} more" if len(spec.skipped) > 3 else ""
+        lines.append(f"  skipped {len(spec.skipped)} bad image file"
+                     f"{'s' if len(spec.skipped) != 1 else ''} (--skip_bad_images): {shown}{more}")
+    if spec.dropped_classes:
+        lines.append(f"  dropped {len(spec.dropped_classes)} empty class folder"
+                     f"{'s' if len(spec.dropped_classes) != 1 else ''} (--drop_empty_classes): "
+                     f"{', '.join(spec.dropped_classes)}")
+    if spec.ignored_files:
+        lines.append(f"  ignored {spec.ignored_files} files of the class folders that are not "
+                     ".jpg/.jpeg/.png (or are hidden)")
+    return lines
 
 
 def final_line(results, results_path):

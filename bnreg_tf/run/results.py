@@ -38,9 +38,28 @@ def dataset_record(run):
     config = run.config
     spec = catalog.spec(config.dataset, config.data_dir, config.download)
     names = list(spec.class_names) or [str(i) for i in range(spec.num_classes)]
-    return {"dataset": config.dataset,
-            "data_dir": os.path.abspath(config.data_dir) if config.data_dir else "",
-            "splits": {"train": run.splits.train, "validation": run.splits.validation,
-                       "test": run.splits.test},
-            "num_classes": spec.num_classes, "channels": spec.channels,
-            "image_size": run.preprocessing.image_size, "class_names": names}
+    record = {"dataset": config.dataset,
+              "data_dir": os.path.abspath(config.data_dir) if config.data_dir else "",
+              "splits": {"train": run.splits.train, "validation": run.splits.validation,
+                         "test": run.splits.test},
+              "num_classes": spec.num_classes, "channels": spec.channels,
+              "image_size": run.preprocessing.image_size, "class_names": names}
+    if spec.source == "folder":   # bnreg-eval reads the folder as the run did
+        record.update(skip_bad_images=config.skip_bad_images,
+                      drop_empty_classes=config.drop_empty_classes)
+    return record
+
+
+def data_checks(run):
+    """What the one pass over an image folder left out, for results.json ({} otherwise):
+    `skipped_images` (count) and `skipped` ([file, reason] pairs, --skip_bad_images),
+    `dropped_classes` (--drop_empty_classes)."""
+    config = run.config
+    spec = catalog.spec(config.dataset, config.data_dir, config.download)
+    checks = {}
+    if spec.skipped:
+        checks.update(skipped_images=len(spec.skipped),
+                      skipped=[list(entry) for entry in spec.skipped])
+    if spec.dropped_classes:
+        checks["dropped_classes"] = list(spec.dropped_classes)
+    return {"data_checks": checks} if checks else {}

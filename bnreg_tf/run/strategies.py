@@ -17,21 +17,28 @@ Precision: float32 on CPU, mixed_bfloat16 on TPU, mixed_float16 on GPU (`--preci
 """
 import json
 import os
+import socket
+import threading
 
 import tensorflow as tf
 
-from bnreg_tf.run.config import STRATEGIES as KINDS
+from bnreg_tf.run import rendezvous
+
+from bnreg_tf.run.config_checks import STRATEGIES as KINDS
 from bnreg_tf.run.config import ConfigError
 # Logical CPU devices beyond this many per core only slow a CPU test run down (and TensorFlow
 # takes minutes to set up tens of thousands of them): `--virtual_cpus` is bounded by it.
 MAX_VIRTUAL_CPUS_PER_CORE = 8
+RESOLVE_SECONDS = 10.0   # TF_CONFIG's host names, all together
 
 
-def make_strategy(kind, tpu="", virtual_cpus=0):
+def make_strategy(kind, tpu="", virtual_cpus=0, worker_timeout=600):
     """Returns the strategy; raises ConfigError (one line) when the hardware is not there.
 
     `virtual_cpus` > 0 first splits the CPU into that many logical devices (for `mirrored` on a
     CPU machine); it must come before anything initialises TensorFlow's devices.
+    `worker_timeout`: seconds `multi_worker` waits for every task of TF_CONFIG to come up
+    (`bnreg_tf.run.rendezvous`: TensorFlow itself waits for ever, deaf to SIGTERM).
     """
     if kind not in KINDS:
         raise ConfigError(f"--strategy: expected one of {', '.join(KINDS)}, got {kind!r}")
@@ -47,7 +54,8 @@ def make_strategy(kind, tpu="", virtual_cpus=0):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     if kind == "multi_worker":
-        check_tf_config(os.environ.get("TF_CONFIG"))
+        own, peers = _addresses(check_tf_config(os.environ.get("TF_CONFIG")))
+        rendezvous.meet(own, peers, worker_timeout)   # TensorFlow's own wait has no bound
         return tf.distribute.MultiWorkerMirroredStrategy()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
@@ -62,34 +70,79 @@ def make_strategy(kind, tpu="", virtual_cpus=0):
 
 def strategy_for(config):
     """`make_strategy` from a RunConfig's --strategy, --tpu and --virtual_cpus."""
-    return make_strategy(config.strategy, config.tpu, config.virtual_cpus)
+    return make_strategy(config.strategy, config.tpu, config.virtual_cpus,
+                         config.worker_timeout)
 
 
 def check_tf_config(text):
-    """Validates TF_CONFIG for --strategy=multi_worker: a cluster of >= 2 tasks and this task in it."""
+    """Validates TF_CONFIG for --strategy=multi_worker: a cluster of >= 2 tasks given as
+    `host:port` strings whose hosts resolve, and this task in it (an integer index)."""
+    prefix = "--strategy=multi_worker: TF_CONFIG"
     if not text:
         raise ConfigError("--strategy=multi_worker: expected the TF_CONFIG environment "
                           "variable describing the cluster and this task, found none")
     try:
         spec = json.loads(text)
     except ValueError:
-        raise ConfigError("--strategy=multi_worker: TF_CONFIG is not valid JSON") from None
+        raise ConfigError(f"{prefix} is not valid JSON") from None
     cluster = spec.get("cluster") if isinstance(spec, dict) else None
     task = spec.get("task") if isinstance(spec, dict) else None
     if not isinstance(cluster, dict) or not all(isinstance(v, list) for v in cluster.values()):
-        raise ConfigError("--strategy=multi_worker: TF_CONFIG needs a \"cluster\" mapping each "
-                          "role (chief, worker) to a list of host:port addresses")
+        raise ConfigError(f"{prefix} needs a \"cluster\" mapping each role (chief, worker) to "
+                          "a list of host:port addresses")
+    for role, addresses in cluster.items():
+        for address in addresses:
+            _check_address(prefix, role, address)
     if sum(len(v) for k, v in cluster.items() if k in ("chief", "worker")) < 2:
-        raise ConfigError("--strategy=multi_worker: TF_CONFIG's cluster has fewer than 2 tasks; "
-                          "use --strategy=mirrored or default on one machine")
+        raise ConfigError(f"{prefix}'s cluster has fewer than 2 tasks; use --strategy=mirrored "
+                          "or default on one machine")
     if not isinstance(task, dict) or task.get("type") not in cluster:
-        raise ConfigError(f"--strategy=multi_worker: TF_CONFIG's task type must be one of "
-                          f"{sorted(cluster)}, got {task.get('type') if isinstance(task, dict) else task!r}")
+        raise ConfigError(f"{prefix}'s task type must be one of {sorted(cluster)}, got "
+                          f"{task.get('type') if isinstance(task, dict) else task!r}")
     index = task.get("index", 0)
-    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
-        raise ConfigError(f"--strategy=multi_worker: TF_CONFIG's task index {index!r} is outside "
-                          f"the {len(cluster[task['type']])} {task['type']} task(s) of the cluster")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ConfigError(f"{prefix}'s task index {index!r} is not an integer")
+    if not 0 <= index < len(cluster[task["type"]]):
+        raise ConfigError(f"{prefix}'s task index {index!r} is outside the "
+                          f"{len(cluster[task['type']])} {task['type']} task(s) of the cluster")
+    _check_hosts(prefix, [a.rsplit(":", 1)[0] for v in cluster.values() for a in v])
     return spec
+
+
+def _addresses(spec):
+    """`(this task's address, the other chief and worker tasks' addresses)`."""
+    task = spec["task"]
+    own = spec["cluster"][task["type"]][task.get("index", 0)]
+    return own, [address for role in ("chief", "worker")
+                 for address in spec["cluster"].get(role, []) if address != own]
+
+
+def _check_address(prefix, role, address):
+    host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"{prefix}: {role} address {address!r} is not a \"host:port\" string "
+                          "(e.g. \"10.0.0.2:2222\")")
+
+
+def _check_hosts(prefix, hosts, seconds=RESOLVE_SECONDS):
+    """Every host resolves within `seconds` in all (name resolution has no timeout of its own:
+    it runs in a daemon thread that is abandoned when the time is up)."""
+    failed, done = [], threading.Event()
+
+    def resolve():
+        for host in dict.fromkeys(hosts):
+            try:
+                socket.getaddrinfo(host.strip("[]"), None)
+            except OSError as error:
+                failed.append(f"{host} ({error.strerror or error})")
+        done.set()
+
+    threading.Thread(target=resolve, daemon=True).start()
+    if not done.wait(seconds):
+        raise ConfigError(f"{prefix}: its hosts did not resolve within {seconds:g} s (no "
+                          "name service?)")
+    if failed:
+        raise ConfigError(f"{prefix}: cannot resolve {failed[0]}")
 
 
 def split_cpu(count):

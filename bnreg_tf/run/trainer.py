@@ -24,8 +24,9 @@ from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.export import export_saved_model
 from bnreg_tf.run.inputs import eval_dataset
 from bnreg_tf.run.preflight import preflight
-from bnreg_tf.run.results import dataset_record, evaluate_split, split_results
-from bnreg_tf.run.rundir import RunLock, check_model_dir, remove_leftovers, resolve_revision
+from bnreg_tf.run.results import data_checks, dataset_record, evaluate_split, split_results
+from bnreg_tf.run.rundir import check_model_dir, remove_leftovers, resolve_revision
+from bnreg_tf.run.runlock import RunLock
 from bnreg_tf.run.strategies import is_chief
 
 
@@ -244,6 +245,7 @@ def finish(run, monitor, log=print):
         "initial_norms": monitor.initial,
         "export": export_path,
         "weights_sha256": weights_fingerprint(run.network),
+        **data_checks(run),   # an image folder's skipped files and dropped classes
     }
     if not run.chief:
         shutil.rmtree(run.write_dir, ignore_errors=True)

@@ -3,7 +3,8 @@ shard (or, with `--report_only`, what the output dir holds), and the report."""
 import dataclasses
 import time
 
-from bnreg_tf.run import rundir
+from bnreg_tf.run import inputs, preflight, rundir
+from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.strategies import is_chief
 from bnreg_tf.study import grid as grid_lib
 from bnreg_tf.study import report, runner
@@ -36,15 +37,34 @@ def _train(grid, request, shard, initialize_devices):
     check_reuse(grid, request.rerun_changed)
     strategy = initialize_devices(grid.base)   # first: the data checks initialise devices
     runner.check_data(grid)
+    preflight.check_batches(grid.base, inputs.plan(grid.base)[0], strategy)
     rundir.check_writable(grid.output_dir, "--output_dir")
     phase = " of phase 1 (tuning on the holdout)" if grid.protocol == "paper" else ""
     print(f"bnreg-study: {len(grid.runs[shard[0]::shard[1]])} of {len(grid.runs)} runs"
-          f"{phase} ({len(grid.variants)} variants) of {grid.preset.training_preset} into "
-          f"{grid.output_dir}, protocol {grid.protocol}", flush=True)
+          f"{phase} ({len(grid.variants)} variants) of {grid.preset.training_preset} on "
+          f"{_data_name(grid.base)} into {grid.output_dir}, protocol {grid.protocol}",
+          flush=True)
     start = time.time()
     records = runner.run_study(grid, strategy, shard, request.rerun_changed,
                                log=lambda line: print(line, flush=True))
     return records, strategy, start
+
+
+def _data_name(config):
+    return f"{config.dataset} ({config.data_dir})" if config.data_dir else config.dataset
+
+
+def check_shard(grid, shard):
+    """ConfigError (one line) when shard `(I, N)` holds no run of the grid in either phase
+    (phase 2 has one run per variant and seed), so it would have nothing to do."""
+    index, count = shard
+    finals = len(grid.variants) * len(grid.seeds) if grid.protocol == "paper" else 0
+    if index < len(grid.runs) or index < finals:
+        return
+    most = max(len(grid.runs), finals)
+    raise ConfigError(f"--shard={index}/{count}: this grid has {most} runs per phase, so "
+                      f"shards {most}..{count - 1} of {count} have nothing to do; use at most "
+                      f"{most} shards")
 
 
 def run(request, initialize_devices):
@@ -54,6 +74,7 @@ def run(request, initialize_devices):
     grid = grid_lib.make_study(request.preset, request.given, request.variants, request.seeds,
                                request.coefficients, request.output_dir, request.protocol,
                                request.learning_rates, request.tuning_seeds)
+    check_shard(grid, shard)
     if request.report_only:
         runner.check_report_only(grid)
         records, strategy, start = runner.collect(grid), None, time.time()

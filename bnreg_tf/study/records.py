@@ -121,7 +121,7 @@ def _replace(spec, output_dir, log):
                           f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(target, exist_ok=True)
     for entry in os.listdir(spec.config.model_dir):
-        if entry != rundir.LOCK_NAME:
+        if entry != layout.LOCK:
             shutil.move(os.path.join(spec.config.model_dir, entry), os.path.join(target, entry))
     log(f"bnreg-study: {spec.name} had another config; its files moved to {target}")
 

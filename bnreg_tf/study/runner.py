@@ -4,7 +4,7 @@ strategy; `collect` reads back what an output dir holds (`--report_only`).
 Each run goes through the same code as the binaries: `trainer.train` (as `bnreg-train`), then
 `evaluate.score` on the exported SavedModel's test split (as `bnreg-eval`), plus CIFAR-10-C on
 CIFAR-10 (tuning runs are not exported or scored on test).
-- a run is claimed with the run dir's lock (`rundir.RunLock`) before it trains, so shards,
+- a run is claimed with the run dir's lock (`runlock.RunLock`) before it trains, so shards,
   repeated invocations or hosts sharing a file system never train it twice at the same time;
 - a run with `study.json` is finished and reused only if its `config.json` equals the config
   asked (else ConfigError naming the run and field, or `rerun_changed` moves it to `replaced/`);
@@ -23,7 +23,8 @@ import keras
 
 from bnreg_tf.data import pipeline
 from bnreg_tf.files import write_atomically
-from bnreg_tf.run import dirguard, evaluate, inputs, layout, preemption, preflight, rundir, trainer
+from bnreg_tf.run import dirguard, evaluate, inputs, layout, preemption, preflight, rundir, runlock
+from bnreg_tf.run import trainer
 from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.strategies import is_chief
 from bnreg_tf.study.records import (_curves, _others, _record, _replace, _study_record,
@@ -49,11 +50,11 @@ def run_one(spec, strategy, output_dir, rerun_changed=False, log=print):
     """
     chief = is_chief(strategy)
     dirguard.check_inside(output_dir, spec.config.model_dir, "--output_dir")
-    lock = rundir.RunLock(spec.config.model_dir, log) if chief else None
+    lock = runlock.RunLock(spec.config.model_dir, log) if chief else None
     try:
         if lock:
             lock.acquire()
-    except rundir.RunDirBusy as error:
+    except runlock.RunDirBusy as error:
         return {**_record(spec), "status": "busy", "error": str(error)}
     try:
         finished = _study_record(spec, log)   # read again under the lock: another may be done

@@ -11,7 +11,7 @@ from bnreg_tf.files import write_atomically
 from bnreg_tf.run import inputs, layout, preemption
 from bnreg_tf.nn.penalty_table import PENALTIES
 from bnreg_tf.nn.signal_propagation import SignalPropagation, gaussian_probe
-from bnreg_tf.run.config import SKIP_GAIN_NORMS
+from bnreg_tf.run.config_checks import SKIP_GAIN_NORMS
 from bnreg_tf.run.models import build_network, model_entry, native_image_size
 from bnreg_tf.study.variants import VARIANTS
 

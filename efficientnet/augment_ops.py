@@ -21,6 +21,10 @@ op runs. Randomness is stateless: the same `seed` gives the same image eagerly a
 Greyscale and smoothing are computed in exact integer arithmetic (the reference's formulas;
 its float32 kernels land one level lower at some exact ties, see BUILD_NOTES.md).
 """
+from bnreg_tf.nn.backends import require_tensorflow
+
+require_tensorflow(__name__)   # one line under another Keras backend (issue 24)
+
 import functools
 import math
 

@@ -9,6 +9,10 @@ cubic convolution, edge pixels repeated), not TF2's `tf.image.resize(method="bic
 end with the ImageNet mean/std normalisation. All randomness is stateless: one `seed` ([2] int)
 gives one result.
 """
+from bnreg_tf.nn.backends import require_tensorflow
+
+require_tensorflow(__name__)   # one line under another Keras backend (issue 24)
+
 import tensorflow as tf
 
 from efficientnet.augment_ops import randaugment

@@ -53,9 +53,9 @@ def _warn_unlogged(layer):
     if not getattr(layer, "_warned_unlogged", False):
         layer._warned_unlogged = True
         logging.warning(
-            "%s %r: its values in a JAX training step were not logged (a plain keras.Model); "
-            "build the model with bnreg_tf.regularize or bnreg_tf.nn.PenalizedModel(inputs, "
-            "outputs) to log them. The penalty is in the loss either way.",
+            "%s %r: its values in a stateless JAX call were not logged (only "
+            "PenalizedModel.compute_loss logs them: build the model with bnreg_tf.regularize or "
+            "bnreg_tf.PenalizedModel(inputs, outputs)). The penalty is in the loss either way.",
             type(layer).__name__, layer.name)
 
 

@@ -23,8 +23,8 @@ else:
     with quiet_stderr():
         import keras
 
-from bnreg_tf.nn import (PENALTIES, NormMonitor, SignalPropagation, agc, gaussian_probe, init,
-                         layers, nf, penalties, regularize)
+from bnreg_tf.nn import (PENALTIES, NormMonitor, PenalizedModel, SignalPropagation, agc,
+                         gaussian_probe, init, layers, nf, penalties, regularize)
 from bnreg_tf.nn.param_groups import param_groups
 
 if keras.backend.backend() == "tensorflow":
@@ -32,5 +32,5 @@ if keras.backend.backend() == "tensorflow":
     import bnreg_tf.run.optimizers  # noqa: F401  (registers bnreg>SGD)
     import bnreg_tf.run.schedules  # noqa: F401  (registers bnreg>WarmupPiecewise)
 
-__all__ = ["PENALTIES", "NormMonitor", "SignalPropagation", "agc", "gaussian_probe", "init",
-           "layers", "nf", "param_groups", "penalties", "regularize"]
+__all__ = ["PENALTIES", "NormMonitor", "PenalizedModel", "SignalPropagation", "agc",
+           "gaussian_probe", "init", "layers", "nf", "param_groups", "penalties", "regularize"]

@@ -23,6 +23,10 @@ Under `reference`, greyscale and smoothing are the reference's own float32 ops (
 than exact arithmetic where a value is an integer just missed; `corrected` computes PIL's in exact
 integer arithmetic (BUILD_NOTES.md "Issue 25", docs/references.md §5.13).
 """
+from bnreg_tf.nn.backends import require_tensorflow
+
+require_tensorflow(__name__)   # one line under another Keras backend (issue 24)
+
 import functools
 import math
 

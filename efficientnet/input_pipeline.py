@@ -18,6 +18,10 @@ The eval crop's side (`center_crop_window`) has two eras of the reference's `pre
 2021 and so of the paper's time: 0.875 at 224, 0.955 at B8's 672), and `crop_fraction`,
 `size / (size + round(size / 7))` (CROP_FRACTION = 0.875 at every size, the code since).
 """
+from bnreg_tf.nn.backends import require_tensorflow
+
+require_tensorflow(__name__)   # one line under another Keras backend (issue 24)
+
 import tensorflow as tf
 
 from efficientnet.augment_ops import randaugment

@@ -6,6 +6,10 @@ with a fixed decay. `ReferenceRMSprop` implements TF1's update with the rms slot
 and keeps an exponential moving average of any variables (trainable weights AND BatchNorm
 moving statistics) with the reference's decay `min(decay, (1 + t) / (10 + t))`.
 """
+from bnreg_tf.nn.backends import require_tensorflow
+
+require_tensorflow(__name__)   # one line under another Keras backend (issue 24)
+
 import contextlib
 
 import keras

@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from bnreg_tf.nn.backends import require_tensorflow  # noqa: E402
+
+require_tensorflow(__name__)   # one line under another Keras backend (issue 24)
+
 from bnreg_tf.startup import quiet_stderr  # noqa: E402
 
 

@@ -2,13 +2,16 @@
 
 Penalty layers are identity maps that call `add_loss(coefficient * penalty)` in training only
 (so `model.evaluate` and serving never see them) and log the raw penalty as a metric named
-after the layer, so History, CSVLogger and TensorBoard get it.
+after the layer, so History, CSVLogger, TensorBoard and the progress lines get it, on every
+Keras backend (`PenaltyLayer.log_value`; on JAX through `bnreg_tf.nn.penalized.PenalizedModel`).
 """
+import logging
 import math
 import threading
 
 import keras
 from keras import ops
+from keras.src.backend import get_stateless_scope, in_stateless_scope   # not public in Keras 3.15
 
 from bnreg_tf.nn import penalties
 
@@ -44,6 +47,16 @@ class PenaltyMean(keras.metrics.Metric):
 
     def result(self):
         return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), float("nan"))
+
+
+def _warn_unlogged(layer):
+    if not getattr(layer, "_warned_unlogged", False):
+        layer._warned_unlogged = True
+        logging.warning(
+            "%s %r: its values in a stateless JAX call were not logged (only "
+            "PenalizedModel.compute_loss logs them: build the model with bnreg_tf.regularize or "
+            "bnreg_tf.PenalizedModel(inputs, outputs)). The penalty is in the loss either way.",
+            type(layer).__name__, layer.name)
 
 
 class PenaltyLayer(keras.layers.Layer):
@@ -84,8 +97,49 @@ class PenaltyLayer(keras.layers.Layer):
             value = self.penalty(inputs)
             self.add_loss(self.coefficient * value)
             if self.value_metric is not None:
-                self.value_metric.update_state(value)
+                self.log_value(value)
         return inputs
+
+    def log_value(self, value):
+        """Adds `value` to the logged mean, now or, in JAX's stateless training step, when the
+        model's `compute_loss` calls `log_pending` (`bnreg_tf.nn.penalized`, issue 24).
+
+        JAX's `fit` runs the forward pass in a `StatelessScope` that maps the model's weights but
+        not its metrics' variables, so a metric cannot be updated inside `call` there
+        (keras-team/keras#19402, #21639). The value is kept, tagged with that scope, until the
+        same step's `compute_loss`, whose scope holds the metrics' variables and returns their
+        new values. Values of an earlier scope that nobody logged are dropped (with a warning):
+        a plain `keras.Model` does not call `log_pending`, so its penalty columns stay NaN ("not
+        measured") on JAX, while the penalty itself is in the loss on every backend.
+        """
+        if keras.backend.backend() != "jax" or not in_stateless_scope():
+            self.value_metric.update_state(value)
+            return
+        scope = get_stateless_scope()
+        pending = self._pending()
+        if pending.items and pending.scope is not scope:
+            _warn_unlogged(self)
+            pending.items.clear()
+        pending.scope = scope
+        pending.items.append(value)
+
+    def log_pending(self):
+        """Adds the values kept by `log_value` to the logged mean (call where the metrics'
+        variables are in scope: `PenalizedModel.compute_loss`)."""
+        pending = self._pending()
+        if in_stateless_scope():   # else the scope that made them is gone
+            for value in pending.items:
+                self.value_metric.update_state(value)
+        pending.items.clear()
+        pending.scope = None
+
+    def _pending(self):
+        local = self.__dict__.get("_pending_values")
+        if local is None:
+            local = self.__dict__["_pending_values"] = threading.local()
+        if not hasattr(local, "items"):
+            local.items, local.scope = [], None
+        return local
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -2,8 +2,10 @@
 docs/references.md §1).
 
 All four reduce in float32 whatever the input dtype (mixed-precision activations included) and
-use only `keras.ops`, except that the KL standardization loss runs on TensorFlow's fused
-batch-norm kernel on the TensorFlow backend (`bnreg_tf.nn.tf_kernels`, issue 17).
+use only `keras.ops`, on every Keras backend. The KL standardization loss has its closed-form
+gradient on every backend: through `keras.ops.custom_gradient` off TensorFlow (issue 24), and
+on the TensorFlow backend on TensorFlow's fused batch-norm kernel (`bnreg_tf.nn.tf_kernels`,
+issue 17).
 """
 import keras
 from keras import ops
@@ -42,18 +44,44 @@ def standardization_kl(x, epsilon=1e-5):
     Channels are SUMMED, as in the formula; `epsilon` keeps the log finite for dead channels
     (docs/references.md §1.4).
 
-    On the TensorFlow backend the gradient is the closed form, one affine map per channel over
-    `x`: `d/dx = mu / N + (1 - 1 / (s^2 + epsilon)) (x - mu) / N` (N values per channel),
-    instead of autodiff's several passes back through the two reductions
-    (`bnreg_tf.nn.tf_kernels.standardization_kl`).
+    The gradient is the closed form, one affine map per channel over `x`:
+    `d/dx = mu / N + (1 - 1 / (s^2 + epsilon)) (x - mu) / N` (N values per channel), instead of
+    autodiff's several passes back through the two reductions: on the TensorFlow backend on
+    its fused batch-norm kernel (`bnreg_tf.nn.tf_kernels.standardization_kl`), elsewhere
+    through `keras.ops.custom_gradient` (`_standardization_kl_closed_form`).
     """
     if keras.backend.backend() == "tensorflow":
         from bnreg_tf.nn import tf_kernels
 
         return tf_kernels.standardization_kl(x, epsilon)
-    flat = ops.reshape(ops.cast(x, "float32"), (-1, x.shape[-1]))
-    mean, var = ops.moments(flat, axes=[0])
-    return 0.5 * ops.sum(ops.square(mean) + var - ops.log(var + epsilon) - 1.0)
+    return _standardization_kl_closed_form(
+        ops.reshape(ops.cast(x, "float32"), (-1, x.shape[-1])), float(epsilon))
+
+
+def _standardization_kl_closed_form(flat, epsilon):
+    """The KL of `flat` [N, C] (float32) with the closed-form gradient, in `keras.ops` alone.
+
+    The moments are `keras.ops.moments` (two passes on JAX, `jnp.mean` and `jnp.var`, so a
+    channel whose mean dwarfs its spread keeps its variance, as the TensorFlow path's fused
+    kernel and shifted sums do). The gradient function takes the upstream gradient positionally
+    (JAX, TensorFlow) or as `upstream=` (PyTorch), as `keras.ops.custom_gradient` documents.
+    """
+
+    @ops.custom_gradient
+    def kl(flat):
+        n = ops.cast(ops.shape(flat)[0], "float32")
+        mean, var = ops.moments(flat, axes=[0])
+        value = 0.5 * ops.sum(ops.square(mean) + var - ops.log(var + epsilon) - 1.0)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            slope = upstream * (1.0 - 1.0 / (var + epsilon)) / n
+            return flat * slope + (upstream * mean / n - slope * mean)
+
+        return value, grad
+
+    return kl(flat)
 
 
 def dropout_penalty(kernel, embedding):

@@ -15,6 +15,7 @@ import keras
 
 from bnreg_tf.nn import graph as mg
 from bnreg_tf.nn import layers as bl
+from bnreg_tf.nn.penalized import PenalizedModel
 from bnreg_tf.nn.penalty_table import PENALTIES
 
 
@@ -105,8 +106,9 @@ def regularize(model, *, dropout=0.0, embedding=None, return_embedding=False, se
     `compile(loss=..., metrics=["accuracy"])` and `fit(x, y)` work unchanged, on arrays or a
     `tf.data.Dataset`, with the inputs at the scale `model` expects. `return_embedding=True`
     returns bnreg's `{"logits": [B, K], "embedding": [B, H]}` instead. Penalties act in training
-    only and log their raw values as metrics named after their layers. With nothing to attach,
-    check or change, `model` itself is returned.
+    only and log their raw values as metrics named after their layers; the result is then a
+    `bnreg_tf.nn.PenalizedModel` (a functional `keras.Model` that logs them on JAX as well). With
+    nothing to attach, check or change, `model` itself is returned.
     """
     coefficients = check_coefficients(coefficients)
     dropout = check_dropout(dropout)
@@ -204,4 +206,8 @@ class _Attachments:
         else:
             outputs = keras.tree.map_structure(
                 lambda x: embedding_out if x is self.embedding else tensors[id(x)], flat.output)
-        return keras.Model(inputs, outputs, name=flat.name)
+        # A PenalizedModel logs its penalty layers' values on JAX too (bnreg_tf.nn.penalized).
+        penalized = any(self.by_site.values()) or any(
+            isinstance(layer, bl.PenaltyLayer) for layer in flat._flatten_layers())
+        model_class = PenalizedModel if penalized else keras.Model
+        return model_class(inputs, outputs, name=flat.name)

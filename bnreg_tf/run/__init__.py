@@ -8,3 +8,6 @@ config), `models` (the model table), `preflight` (the checks that need files, da
 `export`, `results` and `evaluate`. TensorFlow only: the trainer, tf.distribute and SavedModel
 do not run on other Keras backends.
 """
+from bnreg_tf.nn.backends import require_tensorflow
+
+require_tensorflow(__name__)   # one line under another Keras backend (issue 24)

@@ -4,7 +4,8 @@
         [--image_size 64] [--batch_size 32] [--steps 10]
 
 The `device` section (issue 17, item 4) runs only where TensorFlow sees a GPU; its own flags
-start with `--device_`.
+start with `--device_`. The JAX training step (issue 24) is its own program, since it must run
+without TensorFlow: `KERAS_BACKEND=jax python -m benchmarks.jax_step` (benchmarks/jax_step.py).
 """
 import argparse
 import contextlib
@@ -21,10 +22,6 @@ from benchmarks import (device_grid, efficientnet_throughput, input_pipeline, jp
                         kernels, memory, penalty_overhead, precision, randaugment_throughput,
                         resnet_throughput)
 from benchmarks.timing import machine, matmul_peak_gflops
-
-SECTIONS = ("resnet", "efficientnet", "randaugment", "penalties", "precision", "pipeline",
-            "jpeg", "memory", "kernels", "device")
-
 
 def resnet_section(args, peak):
     print(f"### Training step, batch {args.batch_size}, ResNet-50 at {args.image_size} px "
@@ -173,13 +170,19 @@ def device_section(args, peak):
                   f"({best.precision}, {best.compilation}, {best.images_per_second:.0f} images/s).")
 
 
+SECTIONS = {"resnet": resnet_section, "efficientnet": efficientnet_section,
+            "randaugment": randaugment_section, "penalties": penalties_section,
+            "precision": precision_section, "pipeline": pipeline_section, "jpeg": jpeg_section,
+            "memory": memory_section, "kernels": kernels_section, "device": device_section}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {SECTIONS}")
+                        help=f"comma-separated subset of {tuple(SECTIONS)}")
     parser.add_argument("--device_families", default=",".join(device_grid.FAMILIES),
                         help=f"device section: comma-separated subset of "
                              f"{tuple(device_grid.FAMILIES)}")
@@ -195,7 +198,8 @@ def main():
     chosen = [s for s in args.only.split(",") if s]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
-        parser.error(f"--only: unknown section(s) {unknown}; expected a subset of {SECTIONS}")
+        parser.error(f"--only: unknown section(s) {unknown}; expected a subset of "
+                     f"{tuple(SECTIONS)}")
     families = sorted({f for f in args.device_families.split(",") if f} - set(device_grid.FAMILIES))
     if families:
         parser.error(f"--device_families: unknown {families}; expected a subset of "
@@ -208,7 +212,7 @@ def main():
         print(f"Machine: {machine()}; float32 matmul peak {peak:.0f} GFLOP/s")
         print(f"Command: python -m benchmarks.run {' '.join(sys.argv[1:])}".rstrip())
         for section in chosen:
-            globals()[f"{section}_section"](args, peak)
+            SECTIONS[section](args, peak)
             _write(args.output, buffer)  # what has finished survives a later section's crash
         print(f"\n({(time.time() - start) / 60:.1f} min)")
     _write(args.output, buffer)

@@ -6,7 +6,6 @@ after the layer, so History, CSVLogger, TensorBoard and the progress lines get i
 Keras backend (`PenaltyLayer.log_value`; on JAX through `bnreg_tf.nn.penalized.PenalizedModel`).
 """
 import logging
-import math
 import threading
 
 import keras
@@ -14,19 +13,9 @@ from keras import ops
 from keras.src.backend import get_stateless_scope, in_stateless_scope   # not public in Keras 3.15
 
 from bnreg_tf.nn import penalties
+from bnreg_tf.nn.penalties import check_coefficient
 
 _register = keras.saving.register_keras_serializable(package="bnreg")
-
-
-def check_coefficient(value, name):
-    """Returns `value` as a float, or raises if it is not a finite number >= 0."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
 
 
 class PenaltyMean(keras.metrics.Metric):
@@ -47,6 +36,15 @@ class PenaltyMean(keras.metrics.Metric):
 
     def result(self):
         return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), float("nan"))
+
+
+def _per_thread(layer, key, **factories):
+    """`layer`'s `threading.local` named `key`; each thread's gets `factories`' values first."""
+    local = layer.__dict__.get(key) or layer.__dict__.setdefault(key, threading.local())
+    for name, factory in factories.items():
+        if not hasattr(local, name):
+            setattr(local, name, factory())
+    return local
 
 
 def _warn_unlogged(layer):
@@ -78,12 +76,7 @@ class PenaltyLayer(keras.layers.Layer):
 
     @property
     def _losses(self):
-        local = self.__dict__.get("_replica_local_losses")
-        if local is None:
-            local = self.__dict__["_replica_local_losses"] = threading.local()
-        if not hasattr(local, "items"):
-            local.items = []
-        return local.items
+        return _per_thread(self, "_replica_local_losses", items=list).items
 
     @_losses.setter
     def _losses(self, value):
@@ -134,12 +127,7 @@ class PenaltyLayer(keras.layers.Layer):
         pending.scope = None
 
     def _pending(self):
-        local = self.__dict__.get("_pending_values")
-        if local is None:
-            local = self.__dict__["_pending_values"] = threading.local()
-        if not hasattr(local, "items"):
-            local.items, local.scope = [], None
-        return local
+        return _per_thread(self, "_pending_values", items=list, scope=lambda: None)
 
     def compute_output_shape(self, input_shape):
         return input_shape

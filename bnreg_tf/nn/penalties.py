@@ -1,5 +1,5 @@
 """The paper's penalties as pure functions on tensors (Dauphin & Cubuk 2021, sections 2-3;
-docs/references.md §1).
+docs/references.md §1), and the check every coefficient passes (`check_coefficient`).
 
 All four reduce in float32 whatever the input dtype (mixed-precision activations included) and
 use only `keras.ops`, on every Keras backend. The KL standardization loss has its closed-form
@@ -7,8 +7,21 @@ gradient on every backend: through `keras.ops.custom_gradient` off TensorFlow (i
 on the TensorFlow backend on TensorFlow's fused batch-norm kernel (`bnreg_tf.nn.tf_kernels`,
 issue 17).
 """
+import math
+
 import keras
 from keras import ops
+
+
+def check_coefficient(value, name):
+    """Returns `value` as a float, or raises if it is not a finite number >= 0."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
 
 
 def _flat_float32(x):

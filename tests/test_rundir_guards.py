@@ -1,8 +1,10 @@
 """The run directory's guards in process (issue 27): writes that fail whole, a permission error
 while checkpointing as one line, leftovers that are links removed as links, an early-stopping
 index naming files outside rebuilt, and the stop watchdog bound to its block."""
+import gc
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -109,3 +111,29 @@ def test_a_full_disk_anywhere_in_training_is_one_line_but_out_of_memory_is_not()
     with pytest.raises(tf.errors.ResourceExhaustedError):
         with checkpoints.writing("to /run during training", None, machine_only=True):
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+
+def test_a_stop_that_lands_in_a_gc_callback_is_raised_after_it_and_nothing_is_printed(
+        monkeypatch):
+    """JAX (imported by TensorFlow when installed) runs a callback at every garbage collection;
+    a stop raised inside it would be printed and dropped. It is raised once the callback ends."""
+    dropped, seen, armed = [], [], []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+
+    def callback(phase, info):
+        if phase == "start" and armed and not seen:
+            os.kill(os.getpid(), signal.SIGINT)
+            seen.extend(range(1000))   # Python code runs on inside the callback: the handler too
+
+    gc.callbacks.append(callback)
+    try:
+        with stop.stop_signals(), stop.interruptible("during the export"):
+            with pytest.raises(stop.Preempted, match="stopped by SIGINT during the export"):
+                armed.append(True)
+                gc.collect()
+                for _ in range(1000):   # where the handler runs again, after the callback
+                    time.sleep(0.001)
+    finally:
+        gc.callbacks.remove(callback)
+    assert seen and dropped == [], [(d.exc_value, d.object) for d in dropped]
+    assert stop.State.redeliver is None and not stop.State.redelivered

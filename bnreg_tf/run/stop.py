@@ -22,7 +22,10 @@ Exception` on the way (bnreg's, TensorFlow's, TFDS') takes a stop for an ordinar
 Under MultiWorkerMirroredStrategy a signal reaches one worker only, so `CoordinatedStop` lets
 tf.distribute's PreemptionCheckpointHandler agree on one step at which every worker saves and stops.
 """
+import _thread
+import collections
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -53,6 +56,8 @@ class State:
     checkpoints = None     # the run's checkpoint folder, for the lines that name the last one
     exit_status = None     # set when the binary reports the stop: the watchdog stays silent
     wakeup = None          # (read fd, write fd) of the wakeup pipe
+    redeliver = None       # a signal whose raise waits for a gc callback to end
+    redelivered = collections.deque()   # its trips, which the wakeup pipe reports again
     exiting = threading.Lock()
 
 
@@ -78,12 +83,30 @@ def _exit_now(text, status):
         os._exit(status if State.exit_status is None else State.exit_status)
 
 
-def handler(signum, _frame):
+def _in_gc_callback(frame):
+    """Whether `frame` runs inside one of `gc.callbacks`, where Python prints and drops what is
+    raised ("Exception ignored in ..."). TensorFlow imports JAX when it is installed, and JAX's
+    callback runs at every collection, so a signal can land there during start-up."""
+    codes = {getattr(callback, "__code__", None) for callback in gc.callbacks} - {None}
+    while frame is not None and codes:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def handler(signum, frame):
     name = signal.Signals(signum).name
-    if State.received is not None:
+    if State.redeliver == signum:   # the same signal, after the gc callback it landed in
+        State.redeliver = None
+    elif State.received is not None:
         _exit_now(f"second {name}: exiting now without a checkpoint", 128 + signum)
     State.received = name
     if State.mode == "raise":
+        if _in_gc_callback(frame) and State.wakeup is not None:
+            State.redeliver = signum   # the watchdog trips it again once the callback is over
+            os.write(State.wakeup[1], b"\0")
+            return
         raise Preempted(f"stopped by {name} {State.phase}; {_resume_hint()}")
 
 
@@ -105,7 +128,13 @@ def _watch(read_fd):
             first, session = None, None   # that session ended (a library caller's block)
         if ready:
             for signum in os.read(read_fd, 64):
+                if signum == 0:   # `handler` asks: its signal landed in a gc callback
+                    _redeliver()
+                    continue
                 if signum not in SIGNALS or State.depth == 0:
+                    continue
+                if State.redelivered:   # not a new signal: `_redeliver` tripped it
+                    State.redelivered.popleft()
                     continue
                 if first is None:   # (Python's handler may not have run: main may be stuck)
                     first, session = time.monotonic(), State.session
@@ -115,6 +144,16 @@ def _watch(read_fd):
                               "checkpoint", 128 + signum)
         elif first is not None:
             _exit_now(_grace_line(name), EXIT_STATUS)
+
+
+def _redeliver(wait=0.01):
+    """Trips the signal `handler` could not raise inside a gc callback again, from the watchdog
+    thread, once the (short) callback has had time to return."""
+    time.sleep(wait)
+    signum = State.redeliver
+    if signum is not None:
+        State.redelivered.append(signum)   # the trip reaches the wakeup pipe too
+        _thread.interrupt_main(signum)
 
 
 def _start_watchdog():
@@ -129,7 +168,7 @@ def _start_watchdog():
 
 def _install():
     if State.depth == 0:
-        State.received, State.exit_status = None, None
+        State.received, State.exit_status, State.redeliver = None, None, None
         State.session += 1
         State.previous = {s: signal.signal(s, handler) for s in SIGNALS}
         _start_watchdog()

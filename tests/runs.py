@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import binaries
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--epochs=2", "--steps_per_epoch=10", "--batch_size=32", "--checkpoint_steps=3",
          "--deterministic", "--embedding_l2=0.1", "--norm_probe_size=16"]
@@ -28,7 +30,7 @@ def command(model_dir, *extra, binary="bnreg_tf.cli.train"):
 
 
 def train(model_dir, *extra, cwd=ROOT):
-    return subprocess.run(command(model_dir, *extra), cwd=cwd, env=env(), capture_output=True,
+    return binaries.run(command(model_dir, *extra), cwd=cwd, env=env(), capture_output=True,
                           text=True, timeout=TIMEOUT)
 
 

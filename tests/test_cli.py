@@ -7,12 +7,13 @@ import csv
 import hashlib
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from tests import binaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOCK = os.path.join(ROOT, "tests", "mock_tfds_run.py")
@@ -26,7 +27,7 @@ def run(args, mock_examples=None, timeout=600):
         command = [sys.executable, "-m", *args]
     else:
         command = [sys.executable, MOCK, str(mock_examples), *args]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+    result = binaries.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=timeout)
     return result
 
@@ -96,7 +97,7 @@ def test_saved_model_cli_reads_the_export(tmp_path):
     model_dir = str(tmp_path / "run")
     ok(run(["bnreg_tf.cli.train", f"--model_dir={model_dir}", *QUICK]))
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    shown = subprocess.run([cli, "show", "--all", "--dir", os.path.join(model_dir, "export")],
+    shown = binaries.run([cli, "show", "--all", "--dir", os.path.join(model_dir, "export")],
                            capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]
     text = shown.stdout
@@ -222,7 +223,7 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(finished_run, tmp_p
         args.append(f"--model_dir={finished_run}")
     if args[0] == "run_imagenet.py":
         command = [sys.executable, *args, f"--model_dir={finished_run}"]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        result = binaries.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     else:
         result = run(args)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -235,7 +236,7 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(finished_run, tmp_p
 
 
 def test_eval_writes_a_bare_output_file_name_into_the_working_dir(finished_run, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
+    result = binaries.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
                              f"--saved_model={finished_run}/export", "--output=r.json"],
                             cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ROOT},
                             capture_output=True, text=True, timeout=300)

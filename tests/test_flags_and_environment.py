@@ -4,11 +4,12 @@ bnreg-demo answers --help/--helpfull like the other binaries. Subprocesses of th
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 
 import pytest
+
+from tests import binaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--epochs=1", "--steps_per_epoch=2", "--batch_size=8", "--eval_batch_size=8",
@@ -18,7 +19,7 @@ BOUND_SECONDS = 90   # start-up (~10-20 s on the 2-core CI machine) plus every s
 
 def run(args, env=None, timeout=BOUND_SECONDS):
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+    result = binaries.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=timeout,
                             env={**os.environ, "BNREG_QUIET": "1", **(env or {})})
     result.seconds = time.monotonic() - start

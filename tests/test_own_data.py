@@ -4,12 +4,12 @@ bnreg-eval refusing data of another channel count, and bnreg-study on an image f
 (mocked) TFDS dataset with --data_dir. Subprocesses; each run is a few steps on tiny data."""
 import json
 import os
-import subprocess
 import sys
 import time
 
 import pytest
 
+from tests import binaries
 from tests.test_folder_checks import make_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ def run(args, mock_examples=None, timeout=300):
     env.pop("BNREG_QUIET", None)
     prefix = [sys.executable, MOCK, str(mock_examples)] if mock_examples else [sys.executable, "-m"]
     start = time.monotonic()
-    result = subprocess.run([*prefix, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    result = binaries.run([*prefix, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=timeout)
     result.seconds = time.monotonic() - start
     return result

@@ -13,6 +13,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tests import binaries
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--epochs=3", "--steps_per_epoch=12", "--batch_size=64", "--checkpoint_steps=4",
          "--deterministic", "--embedding_l2=0.1", "--norm_probe_size=16", "--noexport",
@@ -28,7 +30,7 @@ def _env():
 
 
 def _run_to_end(model_dir):
-    result = subprocess.run(_command(model_dir), cwd=ROOT, env=_env(), capture_output=True,
+    result = binaries.run(_command(model_dir), cwd=ROOT, env=_env(), capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 

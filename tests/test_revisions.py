@@ -4,7 +4,6 @@ new flags (revision, skipinit_gain, survival_prob for every model, eval_crop) ch
 import json
 import math
 import os
-import subprocess
 import sys
 
 import keras
@@ -16,6 +15,8 @@ from bnreg_tf.run import rundir
 from bnreg_tf.run.config import ConfigError, RunConfig
 from bnreg_tf.run.models import build
 from bnreg_tf.run.presets import PRESETS
+
+from tests import binaries
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "main_3bfb970")
 R3 = os.path.join(FIXTURES, "rundirs", "r3_wrn10_1_nf_resnet")
@@ -125,7 +126,7 @@ def test_new_flags_refuse_bad_values_in_one_line(changes, flag):
 
 @pytest.mark.parametrize("flag", ["--revision=3", "--skipinit_gain=1", "--eval_crop=half"])
 def test_bnreg_train_exits_2_naming_the_flag(tmp_path, flag):
-    result = subprocess.run(
+    result = binaries.run(
         [sys.executable, "-m", "bnreg_tf.cli.train", f"--model_dir={tmp_path / 'run'}", flag],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "BNREG_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})

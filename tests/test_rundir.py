@@ -17,6 +17,8 @@ import tensorflow as tf
 
 from bnreg_tf.run.checkpoints import checkpoint_paths
 
+from tests import binaries
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--epochs=2", "--steps_per_epoch=10", "--batch_size=32", "--checkpoint_steps=3",
          "--deterministic", "--embedding_l2=0.1", "--norm_probe_size=16", "--noexport"]
@@ -31,7 +33,7 @@ def _env(**extra):
 
 
 def train(model_dir, *extra, env=None):
-    return subprocess.run(_command(model_dir, *extra), cwd=ROOT, env=env or _env(),
+    return binaries.run(_command(model_dir, *extra), cwd=ROOT, env=env or _env(),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -264,7 +266,7 @@ def test_a_second_process_on_a_busy_dir_is_refused(tmp_path):
 ])
 def test_bad_paths_and_execution_flags_exit_2_in_one_line(tmp_path, flags, env, message):
     model_dir = str(tmp_path / "run")
-    result = subprocess.run([*_command(model_dir), *flags], cwd=ROOT, env=_env(**env),
+    result = binaries.run([*_command(model_dir), *flags], cwd=ROOT, env=_env(**env),
                             capture_output=True, text=True, timeout=300)
     line = _one_line_error(result)
     assert line.startswith("bnreg-train: error: ") and message in line, line
@@ -276,7 +278,7 @@ def test_model_dir_under_a_file_and_tpu_without_a_tpu(tmp_path):
     blocker.write_text("x")
     line = _one_line_error(train(str(blocker / "run")))
     assert f"--model_dir={blocker}/run: cannot write there" in line
-    result = subprocess.run([sys.executable, "run_imagenet.py", "--preset=resnet50_imagenet",
+    result = binaries.run([sys.executable, "run_imagenet.py", "--preset=resnet50_imagenet",
                              f"--model_dir={tmp_path / 'r50'}", "--strategy=tpu", "--tpu=nope"],
                             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     line = _one_line_error(result)

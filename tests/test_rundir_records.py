@@ -4,7 +4,6 @@ class names that hold any character a folder name can."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -15,6 +14,7 @@ from bnreg_tf.run import inputs
 from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.export import read_class_names
 from bnreg_tf.run.presets import PRESETS
+from tests import binaries
 from tests.runs import ROOT, env, ok, one_line
 from tests.test_binaries import make_folder
 
@@ -24,7 +24,7 @@ RUN = "batchnorm_s0"
 
 
 def study(output_dir, *flags):
-    return subprocess.run([sys.executable, "-m", "bnreg_tf.cli.study", f"--output_dir={output_dir}",
+    return binaries.run([sys.executable, "-m", "bnreg_tf.cli.study", f"--output_dir={output_dir}",
                            *QUICK, *flags], cwd=ROOT, env=env(), capture_output=True, text=True,
                           timeout=900)
 
@@ -170,7 +170,7 @@ def test_a_class_name_with_a_newline_round_trips_into_the_export(tmp_path):
             with open(os.path.join(root, "train", name, f"{i}.png"), "wb") as f:
                 f.write(tf.io.encode_png(image).numpy())
     model_dir = str(tmp_path / "run")
-    ok(subprocess.run([sys.executable, "-m", "bnreg_tf.cli.train", f"--model_dir={model_dir}",
+    ok(binaries.run([sys.executable, "-m", "bnreg_tf.cli.train", f"--model_dir={model_dir}",
                        "--dataset=folder", f"--data_dir={root}", "--epochs=1",
                        "--steps_per_epoch=2", "--batch_size=4", "--norm_probe_size=2",
                        "--holdout_examples=3"], cwd=ROOT, env=env(), capture_output=True,
@@ -181,7 +181,7 @@ def test_a_class_name_with_a_newline_round_trips_into_the_export(tmp_path):
     with open(os.path.join(export, "class_names.txt"), "rb") as f:
         assert f.read().count(b"\n") == len(names)   # one line per class
     assert read_class_names(os.path.join(export, "class_names.txt")) == names
-    result = ok(subprocess.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
+    result = ok(binaries.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
                                 f"--saved_model={export}", "--dropout_draws=1"], cwd=ROOT,
                                env=env(), capture_output=True, text=True, timeout=600))
     assert "bnreg-eval: wrote" in result.stdout

@@ -6,11 +6,11 @@ over progress says so, and the files bnreg wrote itself are checked when read ba
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
+from tests import binaries
 from tests.runs import (ROOT, assert_identical, digests, env, log_rows, ok, one_line, plant,
                         train)
 
@@ -104,7 +104,7 @@ def test_bnreg_names_of_the_wrong_kind_are_one_line(tmp_path, reference, name, k
 def test_an_empty_output_or_model_dir_is_one_line_and_writes_nothing(tmp_path, args, message):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env(),
+    result = binaries.run([sys.executable, "-m", *args], cwd=cwd, env=env(),
                             capture_output=True, text=True, timeout=300)
     assert one_line(result) == message
     assert os.listdir(cwd) == []
@@ -194,18 +194,18 @@ def test_bnreg_eval_checks_the_exports_dataset_json(tmp_path, reference):
         shutil.copytree(export, copy)
         with open(os.path.join(copy, "dataset.json"), "w") as f:
             json.dump(record, f)
-        result = subprocess.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
+        result = binaries.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
                                  f"--saved_model={copy}", f"--output={tmp_path}/out.json"],
                                 cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
         line = one_line(result)
         assert line.startswith("bnreg-eval: error: ") and messages[case] in line, (case, line)
         assert not os.path.exists(tmp_path / "out.json")
-    result = subprocess.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
+    result = binaries.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
                              "--saved_model=/nonexistent"], cwd=ROOT, env=env(),
                             capture_output=True, text=True, timeout=300)
     assert one_line(result) == "bnreg-eval: error: --saved_model=/nonexistent: no such directory"
     long_name = str(tmp_path / ("x" * 300 + ".json"))
-    result = subprocess.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
+    result = binaries.run([sys.executable, "-m", "bnreg_tf.cli.evaluate",
                              f"--saved_model={export}", f"--output={long_name}"], cwd=ROOT,
                             env=env(), capture_output=True, text=True, timeout=300)
     assert "the file name is 305 bytes" in one_line(result)

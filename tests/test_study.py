@@ -3,7 +3,6 @@ figures, skipping finished runs, a failing run reported while the others finish.
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -11,12 +10,14 @@ import pytest
 
 from bnreg_tf.study import caveats, report, spp_figure, tables
 
+from tests import binaries
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--epochs=1", "--steps_per_epoch=5", "--batch_size=32", "--norm_probe_size=16"]
 
 
 def study(output_dir, *flags):
-    return subprocess.run([sys.executable, "-m", "bnreg_tf.cli.study", f"--output_dir={output_dir}",
+    return binaries.run([sys.executable, "-m", "bnreg_tf.cli.study", f"--output_dir={output_dir}",
                            *QUICK, *flags], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from bnreg_tf.run.runlock import RunLock
+from tests import binaries
 from tests.test_distributed import _env, launch_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,7 @@ def _command(output_dir, *flags):
 
 
 def study(output_dir, *flags, env=None):
-    return subprocess.run(_command(output_dir, *flags), cwd=ROOT, capture_output=True, text=True,
+    return binaries.run(_command(output_dir, *flags), cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=env or _env())
 
 

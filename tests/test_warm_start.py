@@ -3,7 +3,6 @@ two runs, the restored weights equal the source checkpoint's layer by layer (rea
 source run's own resume, an independent path), what was not restored is listed, and another
 architecture or class count is one line naming the layer and both shapes."""
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image
 from bnreg_tf.run import trainer
 from bnreg_tf.run.config import ConfigError
 from bnreg_tf.run.presets import PRESETS
+from tests import binaries
 from tests.test_folder_checks import make_folder
 
 DEFAULT = tf.distribute.get_strategy()
@@ -127,7 +127,7 @@ def _grey_folder(root, classes):
 def test_the_binary_refuses_in_one_line_without_tensorflow_warnings(plain, tmp_path):
     source, _ = plain
     model_dir = str(tmp_path / "fixup")
-    result = subprocess.run(
+    result = binaries.run(
         [sys.executable, "-m", "bnreg_tf.cli.train", f"--init_from={source.model_dir}",
          f"--model_dir={model_dir}", "--norm=fixup", "--epochs=1", "--steps_per_epoch=2",
          "--batch_size=8", "--norm_probe_size=8"],

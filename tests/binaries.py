@@ -22,8 +22,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Read when TensorFlow or Keras is imported, which the server has done with its own values.
-IMPORT_TIME_VARIABLES = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS",
-                         "CUDA_VISIBLE_DEVICES", "XLA_FLAGS", "PYTHONPATH")
+IMPORT_TIME_VARIABLES = ("KERAS_BACKEND", "KERAS_HOME", "HOME", "TF_CPP_MIN_LOG_LEVEL",
+                         "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES", "XLA_FLAGS",
+                         "OMP_NUM_THREADS", "PYTHONHASHSEED", "PYTHONWARNINGS",
+                         "PYTHONIOENCODING", "LC_ALL", "PYTHONPATH")
 HELP = ("--help", "--helpfull", "--helpshort", "-h", "-?")
 _server = None
 
@@ -98,18 +100,40 @@ def run(command, *, cwd=ROOT, env=None, timeout=None, capture_output=True, text=
     server = _get_server()
     with tempfile.TemporaryDirectory(prefix="bnreg-run-") as scratch:
         out, err = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
-        server.process.stdin.write(json.dumps({
-            "argv": command[1:], "cwd": str(cwd), "env": env, "stdout": out,
-            "stderr": err}) + "\n")
-        server.process.stdin.flush()
-        pid = server.read(60)["pid"]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done = server.read(None if deadline is None else deadline - time.monotonic())
+        try:
+            done = _request(server, command, cwd, env, out, err, timeout)
+        except BaseException:   # the server's answers may be out of step: start a new one
+            _reset()
+            raise
         if done is None:
-            os.kill(pid, signal.SIGKILL)
-            server.read(60)
             raise subprocess.TimeoutExpired(command, timeout, _text(out), _text(err))
         return subprocess.CompletedProcess(command, done["returncode"], _text(out), _text(err))
+
+
+def _request(server, command, cwd, env, out, err, timeout):
+    """Sends one run; returns its answer, or None after killing it past `timeout`."""
+    server.process.stdin.write(json.dumps({
+        "argv": command[1:], "cwd": str(cwd), "env": env, "stdout": out, "stderr": err}) + "\n")
+    server.process.stdin.flush()
+    pid = server.read(60)["pid"]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    done = server.read(None if deadline is None else deadline - time.monotonic())
+    if done is None:
+        try:
+            os.kill(pid, signal.SIGKILL)   # the server has not reaped it: still our child's pid
+        except ProcessLookupError:
+            pass
+        if server.read(60) is None:
+            raise RuntimeError("tests/fork_server.py did not answer after a kill")
+    return done
+
+
+def _reset():
+    global _server
+    if _server is not None:
+        _server.process.kill()
+        _server.process.wait()
+        _server = None
 
 
 def _text(path):

@@ -7,7 +7,7 @@ environment, stdout and stderr files, default signal handlers, `runpy` with `__m
 
 What the child cannot see is what a binary does while Python imports TensorFlow (its start-up
 signal handler, TensorFlow's C++ start-up lines): tests of those run real subprocesses
-(`binaries.FRESH_ONLY`). Requests are JSON lines on stdin; each answer is one JSON line on stdout
+(`tests/binaries.py` sends those to `subprocess`). Requests are JSON lines on stdin; each answer is one JSON line on stdout
 ({"pid": N} when the child starts, {"returncode": R} when it ends, -S for a signal S).
 """
 import json
@@ -25,20 +25,21 @@ def preload():
     defined when they run), not TensorFlow Datasets (it reads TFDS_DATA_DIR when imported)."""
     from bnreg_tf.startup import quiet_stderr
 
-    with quiet_stderr():
-        import importlib
+    import importlib
 
-        for name in ("tensorflow", "keras", "bnreg_tf", "bnreg_tf.run.trainer",
-                     "bnreg_tf.run.flags"):
+    with quiet_stderr():   # as the binaries keep TensorFlow's start-up lines quiet
+        for name in ("tensorflow", "keras", "bnreg_tf"):
             importlib.import_module(name)
+    for name in ("bnreg_tf.run.trainer", "bnreg_tf.run.flags"):   # what they print, shows
+        importlib.import_module(name)
 
 
 def child(request):
     """Runs in the forked child; never returns."""
     code = 1
     try:
-        for signum in (signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)   # as Python starts
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.chdir(request["cwd"])
         os.environ.clear()
@@ -50,8 +51,9 @@ def child(request):
             os.dup2(target, fd)
             os.close(target)
         argv = request["argv"]
+        sys.orig_argv = [sys.executable, *argv]
         if argv[0] == "-m":
-            sys.argv = [argv[1], *argv[2:]]
+            sys.argv = ["-m", *argv[2:]]   # as Python has it while it finds the module
             sys.path[0] = os.getcwd()
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
@@ -67,9 +69,11 @@ def child(request):
         else:
             print(stop.code, file=sys.stderr)
             code = 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # as Python ends on one: the traceback, then killed by SIGINT
         traceback.print_exc()
-        code = 128 + signal.SIGINT
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     except BaseException:
         traceback.print_exc()
         code = 1

@@ -126,6 +126,7 @@ def test_a_stop_that_lands_in_a_gc_callback_is_raised_after_it_and_nothing_is_pr
             seen.extend(range(1000))   # Python code runs on inside the callback: the handler too
 
     gc.callbacks.append(callback)
+    trips = stop.State.redelivered_count
     try:
         with stop.stop_signals(), stop.interruptible("during the export"):
             with pytest.raises(stop.Preempted, match="stopped by SIGINT during the export"):
@@ -136,4 +137,9 @@ def test_a_stop_that_lands_in_a_gc_callback_is_raised_after_it_and_nothing_is_pr
     finally:
         gc.callbacks.remove(callback)
     assert seen and dropped == [], [(d.exc_value, d.object) for d in dropped]
+    assert stop.State.redelivered_count == trips + 1   # raised by the watchdog's second trip
+    for _ in range(100):   # the watchdog takes the trip's byte from the wakeup pipe
+        if not stop.State.redelivered:
+            break
+        time.sleep(0.01)
     assert stop.State.redeliver is None and not stop.State.redelivered

@@ -58,6 +58,7 @@ class State:
     wakeup = None          # (read fd, write fd) of the wakeup pipe
     redeliver = None       # a signal whose raise waits for a gc callback to end
     redelivered = collections.deque()   # its trips, which the wakeup pipe reports again
+    redelivered_count = 0  # how many trips `_redeliver` made (for the tests)
     exiting = threading.Lock()
 
 
@@ -131,10 +132,10 @@ def _watch(read_fd):
                 if signum == 0:   # `handler` asks: its signal landed in a gc callback
                     _redeliver()
                     continue
-                if signum not in SIGNALS or State.depth == 0:
-                    continue
-                if State.redelivered:   # not a new signal: `_redeliver` tripped it
+                if signum in SIGNALS and State.redelivered:   # `_redeliver` tripped it
                     State.redelivered.popleft()
+                    continue
+                if signum not in SIGNALS or State.depth == 0:
                     continue
                 if first is None:   # (Python's handler may not have run: main may be stuck)
                     first, session = time.monotonic(), State.session
@@ -149,10 +150,12 @@ def _watch(read_fd):
 def _redeliver(wait=0.01):
     """Trips the signal `handler` could not raise inside a gc callback again, from the watchdog
     thread, once the (short) callback has had time to return."""
+    session = State.session
     time.sleep(wait)
     signum = State.redeliver
-    if signum is not None:
+    if signum is not None and State.depth > 0 and State.session == session:
         State.redelivered.append(signum)   # the trip reaches the wakeup pipe too
+        State.redelivered_count += 1
         _thread.interrupt_main(signum)
 
 
@@ -169,6 +172,7 @@ def _start_watchdog():
 def _install():
     if State.depth == 0:
         State.received, State.exit_status, State.redeliver = None, None, None
+        State.redelivered.clear()   # trips of an earlier session are not this one's signals
         State.session += 1
         State.previous = {s: signal.signal(s, handler) for s in SIGNALS}
         _start_watchdog()

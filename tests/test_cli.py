@@ -4,7 +4,6 @@ TFDS datasets are mocked (`tests/mock_tfds_run.py` wraps a binary in `tfds.testi
 digits is real. Every run is a few steps of a small model.
 """
 import csv
-import hashlib
 import json
 import os
 import sys
@@ -14,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tests import binaries
+from tests.runs import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOCK = os.path.join(ROOT, "tests", "mock_tfds_run.py")
@@ -157,17 +157,6 @@ def test_run_imagenet_on_mocked_imagenet(tmp_path, preset, flags):
         assert json.load(f)["examples"] == 3
 
 
-def _snapshot(path):
-    """{relative path: sha256} of every file under `path`."""
-    found = {}
-    for directory, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(directory, name)
-            with open(full, "rb") as f:
-                found[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-    return found
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("finished") / "run")
@@ -216,7 +205,7 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(finished_run, tmp_p
                                                              expected):
     empty = str(tmp_path / "tfds")
     os.makedirs(empty)
-    before = _snapshot(finished_run)
+    before = digests(finished_run)
     fresh = str(tmp_path / "fresh")
     args = [a.format(model_dir=finished_run, empty=empty, fresh=fresh) for a in args]
     if args[0].startswith("bnreg_tf.cli.train") and not any(a.startswith("--model_dir") for a in args):
@@ -231,7 +220,7 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(finished_run, tmp_p
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(expected), lines[0]
     assert "Traceback" not in result.stderr
-    assert _snapshot(finished_run) == before
+    assert digests(finished_run) == before
     assert not os.path.exists(fresh)
 
 

@@ -1,4 +1,5 @@
-"""Penalties against NumPy float64, their gradient, and the paper's closed-form identities."""
+"""Penalties against NumPy float64, their gradient, and the paper's closed-form identities, on
+TensorFlow (their values on every backend: tests/any_backend/test_penalties_any.py)."""
 import itertools
 
 import keras
@@ -7,37 +8,9 @@ import pytest
 import tensorflow as tf
 
 from bnreg_tf.nn import layers, penalties
-
-
-def rel_err(a, b):
-    return abs(float(a) - float(b)) / max(abs(float(b)), 1e-12)
-
-
-def np_mean_sq_norm(x):
-    x = x.reshape(len(x), -1).astype(np.float64)
-    return np.mean(np.sum(x**2, axis=1)) / x.shape[1]
-
-
-def np_kl(x, eps):
-    x = x.astype(np.float64)
-    axes = tuple(range(x.ndim - 1))
-    mu, var = x.mean(axis=axes), x.var(axis=axes)
-    return 0.5 * np.sum(mu**2 + var - np.log(var + eps) - 1.0)
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (32, 640), (5, 1, 1, 48)])
-def test_embedding_and_functional_l2_match_numpy(rng, shape):
-    x = (rng.normal(size=shape) * rng.uniform(0.1, 10)).astype(np.float32)
-    assert rel_err(penalties.embedding_l2(x), np_mean_sq_norm(x)) < 1e-5
-    assert rel_err(penalties.functional_l2(x), np_mean_sq_norm(x)) < 1e-5
-
-
-@pytest.mark.parametrize("shape", [(16, 5), (4, 6, 7, 3), (2, 3, 3, 64), (8, 4, 4, 2, 3)])
-@pytest.mark.parametrize("eps", [1e-5, 1e-3])
-def test_standardization_kl_matches_numpy(rng, shape, eps):
-    scale = rng.uniform(0.2, 3.0, size=shape[-1])
-    x = (rng.normal(size=shape) * scale + rng.normal(size=shape[-1])).astype(np.float32)
-    assert rel_err(penalties.standardization_kl(x, epsilon=eps), np_kl(x, eps)) < 1e-5
+# The references, shared with the any-backend tests (which also compare EL2, FL2 and KL values
+# with them on every backend: tests/any_backend/test_penalties_any.py).
+from tests.any_backend.helpers import np_kl, np_mean_sq_norm, rel_err  # noqa: F401
 
 
 def test_standardization_kl_is_zero_for_standard_normal_moments():

@@ -1,19 +1,23 @@
 """`run(command, cwd=..., env=..., timeout=...)`: what `subprocess.run(command, cwd=cwd,
-env=env, capture_output=True, text=True, timeout=timeout)` returns, for the tests' runs of
-bnreg's binaries, with the process forked from `tests/fork_server.py` (TensorFlow already
-imported) when the command is `python -m bnreg_tf.cli.*` or `python <script>.py`, and a real
-subprocess otherwise.
+env=env, capture_output=True, text=True, timeout=timeout)` returns, and `popen(command, cwd=...,
+env=..., stdout=..., stderr=...)`: a process with the part of `subprocess.Popen` the tests use
+(`pid`, `poll`, `wait`, `communicate`, `send_signal`, `kill`, `returncode`), for the tests'
+runs of bnreg's binaries. The process is forked from `tests/fork_server.py` (TensorFlow already
+imported) when the command is `python -m bnreg_tf.cli.*`, `python <script>.py` or an installed
+console script (`bnreg-train`), and a real subprocess otherwise.
 
-Each run is still its own process with its own argv, directory, environment, stdout, stderr,
-exit status and signal dispositions; what it skips is Python importing TensorFlow, which is what
-the start-up tests are about: they call `subprocess` directly, or set BNREG_TEST_FRESH=1 to run
-every binary of the suite as a fresh interpreter (what CI did before this helper; the suite then
-takes about a third longer).
+Each run is still its own process with its own pid, argv, directory, environment, stdout,
+stderr, exit status and signal dispositions, and several can run at once (a multi-worker run's
+workers); what it skips is Python importing TensorFlow, which is what the start-up tests are
+about: they call `subprocess` directly, or set BNREG_TEST_FRESH=1 to run every binary of the
+suite as a fresh interpreter (what CI did before this helper; the suite then takes about a
+third longer). The help is printed by the same code either way (`test_binaries_runner.py`).
 """
 import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,18 +30,20 @@ IMPORT_TIME_VARIABLES = ("KERAS_BACKEND", "KERAS_HOME", "HOME", "TF_CPP_MIN_LOG_
                          "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES", "XLA_FLAGS",
                          "OMP_NUM_THREADS", "PYTHONHASHSEED", "PYTHONWARNINGS",
                          "PYTHONIOENCODING", "LC_ALL", "PYTHONPATH")
-HELP = ("--help", "--helpfull", "--helpshort", "-h", "-?")
 _server = None
 
 
 class _Server:
+    """The fork server of this test process; answers are taken as `until` reads them."""
+
     def __init__(self):
         env = {**os.environ, "PYTHONPATH": ROOT}
         env.pop("BNREG_QUIET", None)
         self.process = subprocess.Popen([sys.executable, "-m", "tests.fork_server"], cwd=ROOT,
                                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        self.env, self.pending = env, b""
+        self.env, self.pending, self.next_id = env, b"", 0
+        self.pids, self.codes = {}, {}   # by request id
         assert self.read(600) == {"ready": True}
 
     def read(self, timeout):
@@ -57,6 +63,27 @@ class _Server:
         line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
 
+    def start(self, argv, cwd, env, out, err):
+        """Sends one run; returns its request id once the server has forked it."""
+        self.next_id += 1
+        self.process.stdin.write(json.dumps({"id": self.next_id, "argv": argv, "cwd": str(cwd),
+                                             "env": env, "stdout": out, "stderr": err}) + "\n")
+        self.process.stdin.flush()
+        self.until(lambda: self.next_id in self.pids, 60)
+        return self.next_id
+
+    def until(self, done, timeout):
+        """Takes answers until `done()`; False after `timeout` seconds (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            left = None if deadline is None else max(deadline - time.monotonic(), 0)
+            message = self.read(left)
+            if message is None:
+                return False
+            table = self.pids if "pid" in message else self.codes
+            table[message["id"]] = message.get("pid", message.get("returncode"))
+        return True
+
     def close(self):
         if self.process.poll() is None:
             self.process.stdin.close()
@@ -64,17 +91,35 @@ class _Server:
 
 
 def _forkable(command, env):
-    if os.environ.get("BNREG_TEST_FRESH") or command[0] != sys.executable or len(command) < 2:
+    return _server_argv(command, env) is not None
+
+
+def _server_argv(command, env):
+    """What follows `python` for the server to run `command`, or None where it must be a real
+    subprocess. An installed console script (`bnreg-train`) is a Python script of this
+    interpreter: the server runs it as `python <script>` (argv[0] the script, as exec has it)."""
+    if os.environ.get("BNREG_TEST_FRESH") or any(
+            env.get(name) != _base_env().get(name) for name in IMPORT_TIME_VARIABLES
+            if name != "PYTHONPATH"):
+        return None
+    if command[0] != sys.executable:
+        return list(command) if _console_script(command[0]) else None
+    if len(command) > 2 and command[1] == "-m":
+        # bnreg-demo, the quick start, is tested as users start it
+        return command[1:] if command[2].startswith("bnreg_tf.cli.") \
+            and command[2] != "bnreg_tf.cli.demo" else None
+    return command[1:] if len(command) > 1 and command[1].endswith(".py") else None
+
+
+def _console_script(path):
+    """Whether `path` is one of bnreg's console scripts written for this interpreter."""
+    name = os.path.basename(path)
+    if not name.startswith("bnreg-") or name == "bnreg-demo" or not os.path.isfile(path):
         return False
-    if any(env.get(name) != _base_env().get(name) for name in IMPORT_TIME_VARIABLES
-           if name != "PYTHONPATH"):
-        return False
-    if any(arg in HELP for arg in command):   # the help comes before any TensorFlow line
-        return False
-    if command[1] == "-m":
-        return len(command) > 2 and command[2].startswith("bnreg_tf.cli.") \
-            and command[2] != "bnreg_tf.cli.demo"   # the quick start: tested as users start it
-    return command[1].endswith(".py")
+    with open(path, "rb") as f:
+        first = f.readline().decode(errors="replace")
+    return first.startswith("#!") and os.path.realpath(first[2:].strip()) == \
+        os.path.realpath(sys.executable)
 
 
 def _base_env():
@@ -89,43 +134,80 @@ def _get_server():
     return _server
 
 
+class _Forked:
+    """A run forked by the server, seen as `subprocess.Popen` shows a process."""
+
+    def __init__(self, command, cwd, env, stdout, stderr):
+        self.args, self.returncode = command, None
+        self.scratch = tempfile.mkdtemp(prefix="bnreg-run-")
+        self.paths = [os.path.join(self.scratch, name) if kind == subprocess.PIPE
+                      else os.devnull for name, kind in (("stdout", stdout), ("stderr", stderr))]
+        self.server = _get_server()
+        try:
+            self.id = self.server.start(_server_argv(command, env), cwd, env, *self.paths)
+        except BaseException:   # the server's answers may be out of step: start a new one
+            _reset()
+            raise
+        self.pid = self.server.pids.pop(self.id)
+
+    def poll(self):
+        return self.wait(0) if self.returncode is None else self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            if not self.server.until(lambda: self.id in self.server.codes, timeout):
+                if timeout == 0:
+                    return None
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.returncode = self.server.codes.pop(self.id)
+        return self.returncode
+
+    def communicate(self, timeout=None):
+        self.wait(timeout)
+        outputs = tuple(None if path == os.devnull else _text(path) for path in self.paths)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        return outputs
+
+    def send_signal(self, signum):
+        if self.poll() is None:   # not reaped yet: the pid is still this run's
+            os.kill(self.pid, signum)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+
+def popen(command, *, cwd=ROOT, env=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+          text=True):
+    """`subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True)`,
+    forked from the server where it can be (module docstring); stdout and stderr are PIPE or
+    DEVNULL, read by `communicate`."""
+    assert text and {stdout, stderr} <= {subprocess.PIPE, subprocess.DEVNULL}
+    env = dict(os.environ if env is None else env)
+    if not _forkable(command, env):
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr,
+                                text=True)
+    return _Forked(command, cwd, env, stdout, stderr)
+
+
 def run(command, *, cwd=ROOT, env=None, timeout=None, capture_output=True, text=True):
     """`subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
     timeout=timeout)`, forked from the server where it can be (module docstring)."""
     assert capture_output and text, "binaries.run captures text output only"
-    env = dict(os.environ if env is None else env)
-    if not _forkable(command, env):
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-    server = _get_server()
-    with tempfile.TemporaryDirectory(prefix="bnreg-run-") as scratch:
-        out, err = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
-        try:
-            done = _request(server, command, cwd, env, out, err, timeout)
-        except BaseException:   # the server's answers may be out of step: start a new one
-            _reset()
-            raise
-        if done is None:
-            raise subprocess.TimeoutExpired(command, timeout, _text(out), _text(err))
-        return subprocess.CompletedProcess(command, done["returncode"], _text(out), _text(err))
-
-
-def _request(server, command, cwd, env, out, err, timeout):
-    """Sends one run; returns its answer, or None after killing it past `timeout`."""
-    server.process.stdin.write(json.dumps({
-        "argv": command[1:], "cwd": str(cwd), "env": env, "stdout": out, "stderr": err}) + "\n")
-    server.process.stdin.flush()
-    pid = server.read(60)["pid"]
-    deadline = None if timeout is None else time.monotonic() + timeout
-    done = server.read(None if deadline is None else deadline - time.monotonic())
-    if done is None:
-        try:
-            os.kill(pid, signal.SIGKILL)   # the server has not reaped it: still our child's pid
-        except ProcessLookupError:
-            pass
-        if server.read(60) is None:
-            raise RuntimeError("tests/fork_server.py did not answer after a kill")
-    return done
+    process = popen(command, cwd=cwd, env=env)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        process.kill()
+        stdout, stderr = process.communicate(timeout=60)
+        raise subprocess.TimeoutExpired(command, timeout, stdout, stderr) from expired
+    except BaseException:   # interrupted: nothing outlives the test
+        if process.poll() is None:
+            process.kill()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _reset():

@@ -7,12 +7,18 @@ environment, stdout and stderr files, default signal handlers, `runpy` with `__m
 
 What the child cannot see is what a binary does while Python imports TensorFlow (its start-up
 signal handler, TensorFlow's C++ start-up lines): tests of those run real subprocesses
-(`tests/binaries.py` sends those to `subprocess`). Requests are JSON lines on stdin; each answer is one JSON line on stdout
-({"pid": N} when the child starts, {"returncode": R} when it ends, -S for a signal S).
+(`tests/binaries.py` sends those to `subprocess`).
+
+Requests are JSON lines on stdin, each with an "id"; several children may run at once (the
+workers of a multi-worker run, a study's shards). Each answer is one JSON line on stdout:
+{"id": I, "pid": N} when the child starts, {"id": I, "returncode": R} when it ends (-S for a
+signal S). Children are reaped as SIGCHLD wakes the loop, never by a thread: a thread holding a
+lock at a fork would leave it held in the child.
 """
 import json
 import os
 import runpy
+import select
 import signal
 import sys
 import traceback
@@ -38,6 +44,8 @@ def child(request):
     """Runs in the forked child; never returns."""
     code = 1
     try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)   # as Python starts
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -91,18 +99,49 @@ def answer(message):
     sys.__stdout__.flush()
 
 
+def reap(children):
+    """Answers for every child that has ended ({pid: request id} loses it)."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        answer({"id": children.pop(pid), "returncode": -os.WTERMSIG(status)
+                if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)})
+
+
 def main():
     preload()
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)   # not SIG_IGN: that reaps
+    signal.set_wakeup_fd(wake_write)
     answer({"ready": True})
-    for line in sys.stdin:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            child(request)
-        answer({"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        answer({"returncode": -os.WTERMSIG(status) if os.WIFSIGNALED(status)
-                else os.WEXITSTATUS(status)})
+    children, pending, stdin = {}, b"", sys.stdin.fileno()
+    while True:
+        ready, _, _ = select.select([stdin, wake_read], [], [])
+        if wake_read in ready:
+            os.read(wake_read, 4096)
+        reap(children)
+        if stdin not in ready:
+            continue
+        chunk = os.read(stdin, 65536)
+        if not chunk:   # the tests' process ended: its children end with their runs
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                os.close(wake_read)
+                os.close(wake_write)
+                child(request)
+            children[pid] = request["id"]
+            answer({"id": request["id"], "pid": pid})
+        reap(children)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ def train(model_dir, *extra, cwd=ROOT):
 
 def fault(name, value, model_dir, *extra):
     """`tests/fault_run.py` as a Popen (stdout and stderr piped)."""
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "fault_run.py"), name,
-                             str(value), f"--model_dir={model_dir}", *FLAGS, *extra], cwd=ROOT,
-                            env=env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return binaries.popen([sys.executable, os.path.join(ROOT, "tests", "fault_run.py"), name,
+                           str(value), f"--model_dir={model_dir}", *FLAGS, *extra], cwd=ROOT,
+                          env=env())
 
 
 def ok(result):

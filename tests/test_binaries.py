@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +16,8 @@ from bnreg_tf.data import catalog, folder
 from bnreg_tf.data.digits import digits_arrays
 from bnreg_tf.run.presets import PRESETS
 from bnreg_tf.run import inputs
+
+from tests import binaries
 
 DEFAULT = tf.distribute.get_strategy()  # the process strategy the binaries would pass
 
@@ -37,8 +38,8 @@ def run(args, mock_examples=None, quiet=True):
     prefix = [sys.executable, MOCK, str(mock_examples)] if mock_examples else [sys.executable]
     if mock_examples and args[0] == "-m":
         args = args[1:]
-    result = subprocess.run([*prefix, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = binaries.run([*prefix, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -4,8 +4,10 @@ training run (same exit status, same stderr, same results and weights), and a ru
 timeout is killed and raises as `subprocess.run` does."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -61,3 +63,42 @@ def test_a_run_past_its_timeout_is_killed_and_raises(tmp_path):
         binaries.run(command, env={**os.environ, "BNREG_QUIET": "1"}, timeout=2)
     forked = binaries.run([sys.executable, "-m", "bnreg_tf.cli.train", "--seed=-1"], timeout=60)
     assert forked.returncode == 2   # the server goes on serving
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+def test_the_help_is_the_same_forked_or_fresh(flag):
+    """The server imported what the binaries import before their flags are read, and no more:
+    the flags listed (absl's own with --helpfull) are a fresh interpreter's."""
+    env = {**os.environ, "BNREG_QUIET": "1"}
+    command = [sys.executable, "-m", "bnreg_tf.cli.train", flag]
+    assert binaries._forkable(command, env)
+    forked, fresh = (runner(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300) for runner in (binaries.run, subprocess.run))
+    assert forked.returncode == fresh.returncode == 0
+    assert forked.stdout == fresh.stdout and "--embedding_l2" in forked.stdout
+
+
+def test_forked_runs_go_side_by_side_and_take_signals(tmp_path):
+    """`popen`: two runs at once, each with its own pid, output and exit status; a signal
+    reaches the run it is sent to, and `communicate` waits for that run only."""
+    env = {**os.environ, "BNREG_QUIET": "1"}
+    slow = binaries.popen([sys.executable, "-m", "bnreg_tf.cli.train",
+                           f"--model_dir={tmp_path / 'slow'}", "--epochs=100", "--batch_size=8",
+                           "--noexport"], env=env)
+    quick = binaries.popen([sys.executable, "-m", "bnreg_tf.cli.train", "--seed=-1"], env=env)
+    assert isinstance(slow, binaries._Forked) and slow.pid != quick.pid
+    out, err = quick.communicate(timeout=120)
+    assert quick.returncode == 2 and "--seed" in err and slow.poll() is None
+    config = tmp_path / "slow" / "config.json"
+    for _ in range(6000):
+        if config.exists() or slow.poll() is not None:
+            break
+        time.sleep(0.01)
+    slow.send_signal(signal.SIGKILL)
+    assert slow.communicate(timeout=60)[0] is not None and slow.returncode == -signal.SIGKILL
+    never = binaries.popen([sys.executable, "-m", "bnreg_tf.cli.train",
+                            f"--model_dir={tmp_path / 'never'}", "--epochs=100"], env=env)
+    with pytest.raises(subprocess.TimeoutExpired):
+        never.wait(0.5)
+    never.terminate()
+    assert never.communicate(timeout=120)[0] is not None and never.returncode in (75, -15)

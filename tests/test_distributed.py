@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from tests import binaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--norm=fixup", "--epochs=2", "--steps_per_epoch=3", "--batch_size=32", "--deterministic",
@@ -26,9 +27,9 @@ def _env(**extra):
 
 
 def _train(model_dir, *flags, env=None):
-    result = subprocess.run([sys.executable, "-m", "bnreg_tf.cli.train", f"--model_dir={model_dir}",
-                             *BASE, *flags], cwd=ROOT, env=env or _env(), capture_output=True,
-                            text=True, timeout=600)
+    result = binaries.run([sys.executable, "-m", "bnreg_tf.cli.train", f"--model_dir={model_dir}",
+                           *BASE, *flags], cwd=ROOT, env=env or _env(), capture_output=True,
+                          text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -78,9 +79,7 @@ def launch_workers(command, count=2):
     processes = []
     for index in range(count):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        processes.append(subprocess.Popen(
-            command, cwd=ROOT, env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
+        processes.append(binaries.popen(command, cwd=ROOT, env=_env(TF_CONFIG=tf_config)))
     return processes
 
 

@@ -12,12 +12,13 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 import zipfile
 
 import numpy as np
 import pytest
+
+from tests import binaries
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "main_3bfb970")
 RUNDIRS = os.path.join(FIXTURES, "rundirs")
@@ -146,8 +147,8 @@ def _binary(name):
 
 
 def _run(command, cwd=None):
-    result = subprocess.run(command, env=_env(), cwd=cwd, capture_output=True, text=True,
-                            timeout=TIMEOUT)
+    result = binaries.run(command, env=_env(), cwd=cwd or os.getcwd(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{command[0]} exited {result.returncode}:\n{output[-4000:]}"
     return output

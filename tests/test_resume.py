@@ -37,8 +37,8 @@ def _run_to_end(model_dir):
 
 def _kill_when(model_dir, ready):
     """Starts the run and SIGKILLs it as soon as `ready(checkpoint files)` holds."""
-    process = subprocess.Popen(_command(model_dir), cwd=ROOT, env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = binaries.popen(_command(model_dir), cwd=ROOT, env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     directory = os.path.join(model_dir, "checkpoints")
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:

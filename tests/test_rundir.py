@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -67,8 +66,7 @@ def _log(model_dir):
 
 def _stop_with(model_dir, signum, after_file="ckpt-6."):
     """Starts the run, sends `signum` once `after_file` exists; returns (process result, stderr)."""
-    process = subprocess.Popen(_command(model_dir), cwd=ROOT, env=_env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = binaries.popen(_command(model_dir), cwd=ROOT, env=_env())
     directory = os.path.join(model_dir, "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -236,8 +234,7 @@ def test_corrupt_logs_missing_config_and_foreign_dirs_are_refused(tmp_path, refe
 
 def test_a_second_process_on_a_busy_dir_is_refused(tmp_path):
     model_dir = str(tmp_path / "run")
-    first = subprocess.Popen(_command(model_dir, "--steps_per_epoch=2000"), cwd=ROOT,
-                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = binaries.popen(_command(model_dir, "--steps_per_epoch=2000"), cwd=ROOT, env=_env())
     directory = os.path.join(model_dir, "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None and not (

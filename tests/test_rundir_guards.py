@@ -137,7 +137,9 @@ def test_a_stop_that_lands_in_a_gc_callback_is_raised_after_it_and_nothing_is_pr
     finally:
         gc.callbacks.remove(callback)
     assert seen and dropped == [], [(d.exc_value, d.object) for d in dropped]
-    assert stop.State.redelivered_count == trips + 1   # raised by the watchdog's second trip
+    # raised by the watchdog's trip; on a loaded machine a trip can land in the callback again
+    # (it is still running 10 ms later) and is tripped once more, never without end
+    assert trips + 1 <= stop.State.redelivered_count <= trips + 20
     for _ in range(100):   # the watchdog takes the trip's byte from the wakeup pipe
         if not stop.State.redelivered:
             break

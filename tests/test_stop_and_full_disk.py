@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests import binaries
 from tests.runs import (ROOT, assert_identical, command, env, fault, fill, ok, one_line, resize,
                         small_disk, state, train, wait_for)
 
@@ -108,8 +109,7 @@ def test_start_up_signals_exit_with_one_line_and_write_nothing(tmp_path, signum)
         f"bnreg-train: stopped by {name} during start-up; nothing was written: repeat the command"]
     # Inside the run's start-up, once it holds the run dir (building, restoring).
     model_dir = str(tmp_path / "run")
-    process = subprocess.Popen(command(model_dir), cwd=ROOT, env=env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = binaries.popen(command(model_dir), cwd=ROOT, env=env())
     wait_for(lambda: os.path.exists(os.path.join(model_dir, "config.json")), process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)

@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -102,8 +101,7 @@ def test_shards_split_the_grid_resume_and_merge_like_one_process(tmp_path):
     assert reference.returncode == 0, reference.stderr[-3000:]
     flags = [*GRID, "--checkpoint_steps=2"]
     # Two shards at once into one output dir; shard 0 is killed inside its first run.
-    shards = [subprocess.Popen(_command(sharded, *flags, f"--shard={i}/2"), cwd=ROOT, env=_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shards = [binaries.popen(_command(sharded, *flags, f"--shard={i}/2"), cwd=ROOT, env=_env())
               for i in range(2)]
     first_run = os.path.join(sharded, "runs", "fixup_s0", "checkpoints")
     assert _wait_for_file(first_run, "ckpt-2.", shards[:1])

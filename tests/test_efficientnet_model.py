@@ -17,7 +17,8 @@ PUBLISHED = {"b0": 5_288_548, "b1": 7_794_184, "b2": 9_109_994, "b3": 12_233_232
 
 @pytest.mark.parametrize("variant", list(PUBLISHED))
 def test_trainable_parameter_count(variant):
-    model = efficientnet.build_model(variant, num_classes=1000)
+    with keras.StatelessScope(initialize_variables=False):   # shapes only: no weight drawn
+        model = efficientnet.build_model(variant, num_classes=1000)
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == PUBLISHED[variant]
     resolution = efficientnet.SCALING[variant].resolution
     assert model.input_shape == (None, resolution, resolution, 3)
@@ -50,7 +51,8 @@ def test_drop_connect_schedule_is_linear_in_the_global_block_index():
 
 def test_dropout_defaults_to_the_variant_rate():
     def rate(**kw):
-        model = efficientnet.build_model("b8", num_classes=10, input_shape=(32, 32, 3), **kw)
+        with keras.StatelessScope(initialize_variables=False):   # no weight drawn
+            model = efficientnet.build_model("b8", num_classes=10, input_shape=(32, 32, 3), **kw)
         layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
         return layers[0].rate if layers else 0.0
     assert rate() == 0.5 and rate(dropout=0.0) == 0.0 and rate(dropout=0.3) == 0.3

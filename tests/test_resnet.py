@@ -38,8 +38,9 @@ def group_count(model, group):
     ])                                                             # bias, BN trainable
 def test_parameter_counts_in_every_mode(name, num_classes, published, blocks,
                                         scalars_per_block, width, conv_channels, stem):
-    counts = {norm: models.build(name, num_classes=num_classes, norm=norm)
-              for norm in resnet.NORM_MODES}
+    with keras.StatelessScope(initialize_variables=False):   # shapes only: no weight drawn
+        counts = {norm: models.build(name, num_classes=num_classes, norm=norm)
+                  for norm in resnet.NORM_MODES}
     bn_model = counts["batchnorm"]
     assert trainable_count(bn_model) == published
     without_bn = published - group_count(bn_model, "batchnorm")

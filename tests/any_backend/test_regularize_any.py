@@ -6,7 +6,7 @@ References: the classifier's input and the logits, probed by the layer names ker
 gives them (not by regularize's own search), reduced in NumPy float64 (docs/references.md
 §1.2-1.4). The applications are built at 32x32 with 10 classes and fitted for one step with a
 zero learning rate: on TensorFlow eagerly (a graph trace of DenseNet121 alone takes ~30 s on 2
-cores), on JAX compiled (its eager step compiles every op apart).
+cores), on JAX compiled (its eager step compiles every op apart; `forward` compiles the probes).
 """
 import logging
 
@@ -16,7 +16,7 @@ import pytest
 
 from bnreg_tf import regularize
 from bnreg_tf.nn import layers
-from tests.any_backend.helpers import backend, np_cross_entropy, np_mean_sq_norm, rel_err
+from tests.any_backend.helpers import backend, forward, np_cross_entropy, np_mean_sq_norm, rel_err
 
 A = keras.applications
 SMALL = dict(input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None)
@@ -67,7 +67,7 @@ def test_regularize_finds_the_embedding_and_keeps_the_outputs(name, rng, caplog)
     x = rng.uniform(0, 255, size=(4, 32, 32, 3)).astype(np.float32)
     y = np.array([1, 3, 5, 7])
     probe = keras.Model(base.inputs, [base.get_layer(classifier).input, base.outputs[0]])
-    e, z = (numpy(t).reshape(4, -1) for t in probe(x, training=True))
+    e, z = (numpy(t).reshape(4, -1) for t in forward(probe, x, training=True))
     model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(True),
                   metrics=["accuracy"],
                   run_eagerly=backend() == "tensorflow" and name != "Sequential")
@@ -84,7 +84,7 @@ def test_regularize_finds_the_embedding_and_keeps_the_outputs(name, rng, caplog)
     assert rel_err(logs["loss"], np_cross_entropy(z, y) + penalties) < 1e-3
 
     contract = regularize(base, return_embedding=True)
-    out = contract(x)
+    out = forward(contract, x)
     assert out["embedding"].shape == (4, e.shape[1]) and out["logits"].shape == (4, 10)
-    np.testing.assert_allclose(numpy(out["embedding"]), numpy(probe(x)[0]).reshape(4, -1),
+    np.testing.assert_allclose(numpy(out["embedding"]), numpy(forward(probe, x)[0]).reshape(4, -1),
                                rtol=1e-5, atol=1e-6)

@@ -90,8 +90,8 @@ def export_saved_model(network, preprocessing, path, dataset=None):
     archive = keras.export.ExportArchive()
     archive.track(network)
     images = tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")
-    for name in ("serve", "serving_default"):
-        archive.add_endpoint(name, serve, input_signature=[images])
+    traced = archive.add_endpoint("serve", serve, input_signature=[images])
+    archive.add_endpoint("serving_default", traced)   # the same function: traced once
     archive.add_endpoint("classify_embedding", head, input_signature=[
         tf.TensorSpec([None, width], tf.float32, name="embedding")])
     path = os.path.abspath(path)

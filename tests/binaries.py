@@ -37,7 +37,7 @@ class _Server:
     """The fork server of this test process; answers are taken as `until` reads them."""
 
     def __init__(self):
-        env = {**os.environ, "PYTHONPATH": ROOT}
+        env = {**os.environ}   # `python -m tests.fork_server` in ROOT: ROOT on its sys.path
         env.pop("BNREG_QUIET", None)
         self.process = subprocess.Popen([sys.executable, "-m", "tests.fork_server"], cwd=ROOT,
                                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -69,8 +69,15 @@ class _Server:
         self.process.stdin.write(json.dumps({"id": self.next_id, "argv": argv, "cwd": str(cwd),
                                              "env": env, "stdout": out, "stderr": err}) + "\n")
         self.process.stdin.flush()
-        self.until(lambda: self.next_id in self.pids, 60)
+        if not self.until(lambda: self.next_id in self.pids, 60):
+            raise RuntimeError("tests/fork_server.py did not fork the run within 60 s")
         return self.next_id
+
+    def signal(self, ident, signum):
+        """Asks the server to send `signum` to run `ident` if it has not been reaped yet (the
+        server reaps: only it knows whether the pid is still that run's)."""
+        self.process.stdin.write(json.dumps({"id": ident, "signal": int(signum)}) + "\n")
+        self.process.stdin.flush()
 
     def until(self, done, timeout):
         """Takes answers until `done()`; False after `timeout` seconds (None: no limit)."""
@@ -85,9 +92,14 @@ class _Server:
         return True
 
     def close(self):
+        """Ends the server; the runs it still has are killed (at the end of its stdin)."""
         if self.process.poll() is None:
             self.process.stdin.close()
-            self.process.wait(timeout=30)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def _forkable(command, env):
@@ -99,8 +111,7 @@ def _server_argv(command, env):
     subprocess. An installed console script (`bnreg-train`) is a Python script of this
     interpreter: the server runs it as `python <script>` (argv[0] the script, as exec has it)."""
     if os.environ.get("BNREG_TEST_FRESH") or any(
-            env.get(name) != _base_env().get(name) for name in IMPORT_TIME_VARIABLES
-            if name != "PYTHONPATH"):
+            env.get(name) != _base_env().get(name) for name in IMPORT_TIME_VARIABLES):
         return None
     if command[0] != sys.executable:
         return list(command) if _console_script(command[0]) else None
@@ -118,12 +129,13 @@ def _console_script(path):
         return False
     with open(path, "rb") as f:
         first = f.readline().decode(errors="replace")
-    return first.startswith("#!") and os.path.realpath(first[2:].strip()) == \
-        os.path.realpath(sys.executable)
+    interpreter = first[2:].strip() if first.startswith("#!") else ""
+    return os.path.isfile(interpreter) and os.path.samefile(os.path.dirname(interpreter),
+                                                            os.path.dirname(sys.executable))
 
 
 def _base_env():
-    return _get_server().env if _server else {**os.environ, "PYTHONPATH": ROOT}
+    return _get_server().env if _server else {**os.environ}
 
 
 def _get_server():
@@ -135,48 +147,63 @@ def _get_server():
 
 
 class _Forked:
-    """A run forked by the server, seen as `subprocess.Popen` shows a process."""
+    """A run forked by the server, seen as `subprocess.Popen` shows a process (text output)."""
 
     def __init__(self, command, cwd, env, stdout, stderr):
-        self.args, self.returncode = command, None
-        self.scratch = tempfile.mkdtemp(prefix="bnreg-run-")
+        self.args, self.returncode, self.outputs = command, None, None
+        piped = subprocess.PIPE in (stdout, stderr)
+        self.scratch = tempfile.mkdtemp(prefix="bnreg-run-") if piped else None
         self.paths = [os.path.join(self.scratch, name) if kind == subprocess.PIPE
                       else os.devnull for name, kind in (("stdout", stdout), ("stderr", stderr))]
         self.server = _get_server()
         try:
             self.id = self.server.start(_server_argv(command, env), cwd, env, *self.paths)
+            self.pid = self.server.pids.pop(self.id)
         except BaseException:   # the server's answers may be out of step: start a new one
+            self._drop_scratch()
             _reset()
             raise
-        self.pid = self.server.pids.pop(self.id)
 
     def poll(self):
-        return self.wait(0) if self.returncode is None else self.returncode
+        if self.returncode is None and self.server.until(lambda: self.id in self.server.codes,
+                                                         0):
+            self._ended()
+        return self.returncode
 
     def wait(self, timeout=None):
         if self.returncode is None:
             if not self.server.until(lambda: self.id in self.server.codes, timeout):
-                if timeout == 0:
-                    return None
-                raise subprocess.TimeoutExpired(self.args, timeout)
-            self.returncode = self.server.codes.pop(self.id)
+                raise subprocess.TimeoutExpired(self.args, timeout, *self._read())
+            self._ended()
         return self.returncode
 
     def communicate(self, timeout=None):
         self.wait(timeout)
-        outputs = tuple(None if path == os.devnull else _text(path) for path in self.paths)
-        shutil.rmtree(self.scratch, ignore_errors=True)
-        return outputs
+        return self.outputs
 
     def send_signal(self, signum):
-        if self.poll() is None:   # not reaped yet: the pid is still this run's
-            os.kill(self.pid, signum)
+        if self.poll() is None:
+            self.server.signal(self.id, signum)
 
     def kill(self):
         self.send_signal(signal.SIGKILL)
 
     def terminate(self):
         self.send_signal(signal.SIGTERM)
+
+    def _ended(self):
+        """The run has ended: its exit status, its output kept, its scratch files gone."""
+        self.returncode = self.server.codes.pop(self.id)
+        self.outputs = self._read()
+        self._drop_scratch()
+
+    def _read(self):
+        return tuple(None if path == os.devnull else _text(path) for path in self.paths)
+
+    def _drop_scratch(self):
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
 
 def popen(command, *, cwd=ROOT, env=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -213,11 +240,13 @@ def run(command, *, cwd=ROOT, env=None, timeout=None, capture_output=True, text=
 def _reset():
     global _server
     if _server is not None:
-        _server.process.kill()
-        _server.process.wait()
+        _server.close()
         _server = None
 
 
 def _text(path):
-    with open(path, errors="replace") as f:
-        return f.read()
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:   # not yet opened by the child
+        return ""

@@ -10,10 +10,11 @@ signal handler, TensorFlow's C++ start-up lines): tests of those run real subpro
 (`tests/binaries.py` sends those to `subprocess`).
 
 Requests are JSON lines on stdin, each with an "id"; several children may run at once (the
-workers of a multi-worker run, a study's shards). Each answer is one JSON line on stdout:
-{"id": I, "pid": N} when the child starts, {"id": I, "returncode": R} when it ends (-S for a
-signal S). Children are reaped as SIGCHLD wakes the loop, never by a thread: a thread holding a
-lock at a fork would leave it held in the child.
+workers of a multi-worker run, a study's shards); {"id": I, "signal": S} sends signal S to
+run I if it still runs. Each answer is one JSON line on stdout: {"id": I, "pid": N} when the
+child starts, {"id": I, "returncode": R} when it ends (-S for a signal S). Children are reaped
+as SIGCHLD wakes the loop, never by a thread (a thread holding a lock at a fork would leave it
+held in the child); at the end of stdin the runs still going are killed.
 """
 import json
 import os
@@ -24,6 +25,8 @@ import sys
 import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+START_SIGNALS = {signal.SIGINT, signal.SIGTERM}   # blocked from before a fork until the child's
+                                                   # handlers are those of a fresh process
 
 
 def preload():
@@ -40,10 +43,13 @@ def preload():
         importlib.import_module(name)
 
 
-def child(request):
-    """Runs in the forked child; never returns."""
+def child(request, server_fds):
+    """Runs in the forked child, with SIGINT and SIGTERM blocked since before the fork; never
+    returns."""
     code = 1
     try:
+        for fd in server_fds:
+            os.close(fd)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -60,12 +66,17 @@ def child(request):
             os.close(target)
         argv = request["argv"]
         sys.orig_argv = [sys.executable, *argv]
+        sys.argv = ["-m", *argv[2:]] if argv[0] == "-m" else list(argv)   # as Python has it
+        # What `import bnreg_tf` does first in a binary's fresh process: a stop signal before
+        # the binary's own handler is one line and status 75.
+        from bnreg_tf.startup import stop_signals_at_start
+
+        stop_signals_at_start()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, START_SIGNALS)
         if argv[0] == "-m":
-            sys.argv = ["-m", *argv[2:]]   # as Python has it while it finds the module
             sys.path[0] = os.getcwd()
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
-            sys.argv = list(argv)
             sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
             runpy.run_path(argv[0], run_name="__main__")
         code = 0
@@ -100,7 +111,7 @@ def answer(message):
 
 
 def reap(children):
-    """Answers for every child that has ended ({pid: request id} loses it)."""
+    """Answers for every child that has ended; `children` ({pid: request id}) loses it."""
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -108,8 +119,26 @@ def reap(children):
             return
         if pid == 0:
             return
-        answer({"id": children.pop(pid), "returncode": -os.WTERMSIG(status)
-                if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)})
+        if pid in children:
+            answer({"id": children.pop(pid), "returncode": -os.WTERMSIG(status)
+                    if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)})
+
+
+def serve(request, children, server_fds):
+    """A run: forks its child and answers its pid. A signal: sent to the run's child if it has
+    not been reaped (only this loop reaps, so the pid is still that child's)."""
+    if "signal" in request:
+        for pid, ident in children.items():
+            if ident == request["id"]:
+                os.kill(pid, request["signal"])
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, START_SIGNALS)
+    pid = os.fork()
+    if pid == 0:
+        child(request, server_fds)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, START_SIGNALS)
+    children[pid] = request["id"]
+    answer({"id": request["id"], "pid": pid})
 
 
 def main():
@@ -128,19 +157,15 @@ def main():
         if stdin not in ready:
             continue
         chunk = os.read(stdin, 65536)
-        if not chunk:   # the tests' process ended: its children end with their runs
+        if not chunk:   # the tests' process ended or gave up on this server: so do its runs
+            for pid in children:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
             return
         pending += chunk
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
-            request = json.loads(line)
-            pid = os.fork()
-            if pid == 0:
-                os.close(wake_read)
-                os.close(wake_write)
-                child(request)
-            children[pid] = request["id"]
-            answer({"id": request["id"], "pid": pid})
+            serve(json.loads(line), children, (wake_read, wake_write))
         reap(children)
 
 

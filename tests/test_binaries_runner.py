@@ -100,5 +100,20 @@ def test_forked_runs_go_side_by_side_and_take_signals(tmp_path):
                             f"--model_dir={tmp_path / 'never'}", "--epochs=100"], env=env)
     with pytest.raises(subprocess.TimeoutExpired):
         never.wait(0.5)
-    never.terminate()
-    assert never.communicate(timeout=120)[0] is not None and never.returncode in (75, -15)
+    never.terminate()   # whenever it lands, a bnreg binary's stop: one line and status 75
+    out, err = never.communicate(timeout=120)
+    assert never.returncode == 75 and err.startswith("bnreg-train: stopped by SIGTERM"), err
+    assert never.communicate() == (out, err)   # as Popen: the output again
+
+
+def test_runs_still_going_end_with_their_server(tmp_path):
+    """A test that gives up on the server (its answers out of step) leaves no run behind."""
+    env = {**os.environ, "BNREG_QUIET": "1"}
+    going = binaries.popen([sys.executable, "-m", "bnreg_tf.cli.train",
+                            f"--model_dir={tmp_path / 'run'}", "--epochs=100"], env=env)
+    os.kill(going.pid, 0)   # running
+    binaries._reset()
+    with pytest.raises(ProcessLookupError):
+        os.kill(going.pid, 0)
+    assert binaries.run([sys.executable, "-m", "bnreg_tf.cli.train", "--seed=-1"],
+                        env=env, timeout=120).returncode == 2   # a new server serves

@@ -139,9 +139,45 @@ def test_a_stop_that_lands_in_a_gc_callback_is_raised_after_it_and_nothing_is_pr
     assert seen and dropped == [], [(d.exc_value, d.object) for d in dropped]
     # raised by the watchdog's trip; on a loaded machine a trip can land in the callback again
     # (it is still running 10 ms later) and is tripped once more, never without end
-    assert trips + 1 <= stop.State.redelivered_count <= trips + 20
+    assert trips + 1 <= stop.State.redelivered_count <= trips + 5
     for _ in range(100):   # the watchdog takes the trip's byte from the wakeup pipe
         if not stop.State.redelivered:
             break
         time.sleep(0.01)
     assert stop.State.redeliver is None and not stop.State.redelivered
+
+
+def test_a_stop_that_lands_in_python_called_from_tensorflows_cpp_is_raised_after_it(
+        monkeypatch, capfd):
+    """TensorFlow's C++ `nest.flatten` asks isinstance(x, Mapping), which runs abc's Python
+    hooks; a stop raised there became a printed SystemError and was lost (seen in the start-up
+    tests). It is raised once that code is over, and flatten returns as usual."""
+    import collections.abc
+
+    dropped, seen, armed = [], [], []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+
+    class Trap(collections.abc.Mapping):   # asked about every new type checked as a Mapping
+        @classmethod
+        def __subclasshook__(cls, other):
+            if armed and not seen:
+                os.kill(os.getpid(), signal.SIGINT)
+                seen.extend(range(1000))   # the handler runs here, under abc's frames
+            return NotImplemented
+
+    class Leaf:   # a type isinstance has not seen: abc asks Trap
+        pass
+
+    flattened = []
+    try:
+        with stop.stop_signals(), stop.interruptible("during the export"):
+            with pytest.raises(stop.Preempted, match="stopped by SIGINT during the export"):
+                armed.append(True)
+                flattened = tf.nest.flatten([Leaf()])
+                for _ in range(1000):
+                    time.sleep(0.001)
+    finally:
+        del Trap
+        gc.collect()
+    assert seen and len(flattened) == 1 and dropped == []
+    assert "SystemError" not in capfd.readouterr().err

@@ -56,7 +56,7 @@ class State:
     checkpoints = None     # the run's checkpoint folder, for the lines that name the last one
     exit_status = None     # set when the binary reports the stop: the watchdog stays silent
     wakeup = None          # (read fd, write fd) of the wakeup pipe
-    redeliver = None       # a signal whose raise waits for a gc callback to end
+    redeliver = None       # a signal whose raise waits for `_unsafe_to_raise` code to end
     redelivered = collections.deque()   # its trips, which the wakeup pipe reports again
     redelivered_count = 0  # how many trips `_redeliver` made (for the tests)
     exiting = threading.Lock()
@@ -84,13 +84,21 @@ def _exit_now(text, status):
         os._exit(status if State.exit_status is None else State.exit_status)
 
 
-def _in_gc_callback(frame):
-    """Whether `frame` runs inside one of `gc.callbacks`, where Python prints and drops what is
-    raised ("Exception ignored in ..."). TensorFlow imports JAX when it is installed, and JAX's
-    callback runs at every collection, so a signal can land there during start-up."""
+# Python code that C code calls and whose exception it may not pass on: isinstance's and
+# issubclass's hooks (TensorFlow's C++ `nest.flatten` turns one raised there into a printed
+# SystemError and goes on) and the import machinery (C code imports too).
+_CALLED_FROM_C = ("abc", "_collections_abc", "_weakrefset", "importlib._bootstrap",
+                  "importlib._bootstrap_external")
+
+
+def _unsafe_to_raise(frame):
+    """Whether an exception raised in `frame` may be printed and dropped instead of reaching
+    the binary: inside one of `gc.callbacks` ("Exception ignored in ..."; TensorFlow imports
+    JAX when it is installed, and JAX's callback runs at every collection) or inside Python code
+    that C code called (`_CALLED_FROM_C`). Such a stop is raised again a moment later."""
     codes = {getattr(callback, "__code__", None) for callback in gc.callbacks} - {None}
-    while frame is not None and codes:
-        if frame.f_code in codes:
+    while frame is not None:
+        if frame.f_code in codes or frame.f_globals.get("__name__") in _CALLED_FROM_C:
             return True
         frame = frame.f_back
     return False
@@ -98,14 +106,14 @@ def _in_gc_callback(frame):
 
 def handler(signum, frame):
     name = signal.Signals(signum).name
-    if State.redeliver == signum:   # the same signal, after the gc callback it landed in
+    if State.redeliver == signum:   # the same signal, after the code it landed in
         State.redeliver = None
     elif State.received is not None:
         _exit_now(f"second {name}: exiting now without a checkpoint", 128 + signum)
     State.received = name
     if State.mode == "raise":
-        if _in_gc_callback(frame) and State.wakeup is not None:
-            State.redeliver = signum   # the watchdog trips it again once the callback is over
+        if _unsafe_to_raise(frame) and State.wakeup is not None:
+            State.redeliver = signum   # the watchdog trips it again once that code is over
             os.write(State.wakeup[1], b"\0")
             return
         raise Preempted(f"stopped by {name} {State.phase}; {_resume_hint()}")
@@ -129,7 +137,7 @@ def _watch(read_fd):
             first, session = None, None   # that session ended (a library caller's block)
         if ready:
             for signum in os.read(read_fd, 64):
-                if signum == 0:   # `handler` asks: its signal landed in a gc callback
+                if signum == 0:   # `handler` asks: its signal landed in `_unsafe_to_raise` code
                     _redeliver()
                     continue
                 if signum in SIGNALS and State.redelivered:   # `_redeliver` tripped it
@@ -148,7 +156,7 @@ def _watch(read_fd):
 
 
 def _redeliver(wait=0.01):
-    """Trips the signal `handler` could not raise inside a gc callback again, from the watchdog
+    """Trips the signal `handler` could not raise where it landed again, from the watchdog
     thread, once the (short) callback has had time to return."""
     session = State.session
     time.sleep(wait)

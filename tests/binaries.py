@@ -10,8 +10,7 @@ Each run is still its own process with its own pid, argv, directory, environment
 stderr, exit status and signal dispositions, and several can run at once (a multi-worker run's
 workers); what it skips is Python importing TensorFlow, which is what the start-up tests are
 about: they call `subprocess` directly, or set BNREG_TEST_FRESH=1 to run every binary of the
-suite as a fresh interpreter (what CI did before this helper; the suite then takes about a
-third longer). The help is printed by the same code either way (`test_binaries_runner.py`).
+suite as a fresh interpreter (what CI did before this helper; the suite then takes longer). The help is printed by the same code either way (`test_binaries_runner.py`).
 """
 import atexit
 import json

@@ -157,7 +157,7 @@ def _watch(read_fd):
 
 def _redeliver(wait=0.01):
     """Trips the signal `handler` could not raise where it landed again, from the watchdog
-    thread, once the (short) callback has had time to return."""
+    thread, once that (short) code has had time to return."""
     session = State.session
     time.sleep(wait)
     signum = State.redeliver

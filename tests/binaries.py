@@ -109,8 +109,9 @@ def _server_argv(command, env):
     """What follows `python` for the server to run `command`, or None where it must be a real
     subprocess. An installed console script (`bnreg-train`) is a Python script of this
     interpreter: the server runs it as `python <script>` (argv[0] the script, as exec has it)."""
+    base = _base_env()
     if os.environ.get("BNREG_TEST_FRESH") or any(
-            env.get(name) != _base_env().get(name) for name in IMPORT_TIME_VARIABLES):
+            env.get(name) != base.get(name) for name in IMPORT_TIME_VARIABLES):
         return None
     if command[0] != sys.executable:
         return list(command) if _console_script(command[0]) else None
